@@ -1,0 +1,1 @@
+"""Sub-commands of the ``levelset-rcnn`` command line, one module each."""
