@@ -1,3 +1,5 @@
+import importlib
+
 import pytest
 import torch
 
@@ -165,7 +167,7 @@ def test_cuda_matches_cpu():
 
 
 def test_cpu_roi_chunking_gives_the_same_values_and_gradients(monkeypatch):
-    from levelset_rcnn.levelset import chan_vese as cv_module
+    cv_module = importlib.import_module("levelset_rcnn.levelset.chan_vese")
 
     phi0, feats, hp = _inputs(R=5, C=3, M=8, N=2, seed=9)
     leaves = [t.clone().requires_grad_(True) for t in (phi0, feats, *hp.values())]

@@ -46,8 +46,8 @@ def test_curvature_matches_reference_and_geometry():
     torch.testing.assert_close(curvature(phi, 1e-4), ref_curvature(phi, 1e-4))
     # Signed distance to a circle of radius r (positive inside): curvature -1/dist.
     n, r = 96, 30.0
-    y, x = torch.meshgrid(torch.arange(n, dtype=torch.float64), torch.arange(n, dtype=torch.float64),
-                          indexing="ij")
+    axis = torch.arange(n, dtype=torch.float64)
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
     dist = torch.sqrt((x - 47.5) ** 2 + (y - 47.5) ** 2)
     k = curvature((r - dist).view(1, 1, n, n))[0, 0]
     ring = (dist > r - 3) & (dist < r + 3)

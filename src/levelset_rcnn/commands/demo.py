@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--output", type=Path, default=Path("demo_output"),
                    help="folder for the results (default: %(default)s)")
-    p.add_argument("--iters", type=int, default=200, help="Chan-Vese iterations (default: 200)")
+    p.add_argument("--iters", type=int, default=300,
+                   help="Chan-Vese iterations (default: %(default)s)")
     p.set_defaults(func=_run)
 
 

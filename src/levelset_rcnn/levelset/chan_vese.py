@@ -276,7 +276,9 @@ def _per_roi(x: HyperParam, R: int, like: Tensor, name: str) -> Tensor:
     if t.dim() == 2 and t.shape[1] == 1:
         t = t[:, 0]
     if t.dim() > 1 or (t.dim() == 1 and t.shape[0] not in (1, R)):
-        raise ValueError(f"{name} must be a scalar or of shape (R,) with R={R}, got {tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must be a scalar or of shape (R,) with R={R}, got {tuple(t.shape)}"
+        )
     return t.to(like.dtype).expand(R)
 
 
@@ -288,7 +290,9 @@ def _per_step(x: HyperParam, R: int, N: int, like: Tensor, name: str) -> Tensor:
         return t.unsqueeze(0).expand(R, N)
     if t.dim() == 2 and t.shape[0] in (1, R) and t.shape[1] == N:
         return t.expand(R, N)
-    raise ValueError(f"{name} must be a scalar, (N,) or (R, N) with R={R}, N={N}; got {tuple(t.shape)}")
+    raise ValueError(
+        f"{name} must be a scalar, (N,) or (R, N) with R={R}, N={N}; got {tuple(t.shape)}"
+    )
 
 
 def _num_steps(eps: HyperParam, dt: HyperParam, num_steps: int | None) -> int:
@@ -333,7 +337,11 @@ def chan_vese_evolve(
     """
     if phi0.dim() != 4 or phi0.shape[1] != 1:
         raise ValueError(f"phi0 must be (R, 1, M, W), got {tuple(phi0.shape)}")
-    if features.dim() != 4 or features.shape[0] != phi0.shape[0] or features.shape[2:] != phi0.shape[2:]:
+    if (
+        features.dim() != 4
+        or features.shape[0] != phi0.shape[0]
+        or features.shape[2:] != phi0.shape[2:]
+    ):
         raise ValueError(
             f"features must be (R, C, M, W) matching phi0 {tuple(phi0.shape)}, "
             f"got {tuple(features.shape)}"
