@@ -15,7 +15,7 @@ from collections.abc import Sequence
 __all__ = ["main", "build_parser"]
 
 # Modules that define ``register(subparsers)``. Imported lazily so ``--help`` stays fast.
-_COMMANDS: tuple[str, ...] = ("levelset_rcnn.commands.demo",)
+_COMMANDS: tuple[str, ...] = ("levelset_rcnn.commands.demo", "levelset_rcnn.commands.convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

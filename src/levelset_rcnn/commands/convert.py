@@ -1,0 +1,106 @@
+"""``levelset-rcnn convert``: turn common instance-segmentation layouts into COCO JSON."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert a dataset (DSB2018 masks, YOLO segmentation, synthetic) to COCO JSON",
+        description="Write a COCO instances JSON from another layout. An existing output is "
+                    "never replaced without --overwrite.")
+    kinds = p.add_subparsers(dest="kind", metavar="FORMAT", required=True)
+
+    d = kinds.add_parser("dsb2018", help="Kaggle DSB2018 layout: one PNG mask per instance",
+                         description="SRC/<id>/images/<id>.png + SRC/<id>/masks/*.png -> COCO "
+                                     "(one class 'nucleus', exact RLE masks). file_name is "
+                                     "relative to SRC.")
+    d.add_argument("src", type=Path, help="the stage1_train folder (or its parent)")
+    d.add_argument("out", type=Path, help="output JSON")
+    d.add_argument("--split", choices=("train", "val", "all"), default="all",
+                   help="first 80%% of sorted ids (train), the rest (val), or all "
+                        "(default: %(default)s)")
+    d.set_defaults(func=_dsb2018)
+
+    y = kinds.add_parser("yolo-seg", help="Ultralytics YOLO segmentation labels",
+                         description="IMAGES/<stem>.jpg + LABELS/<stem>.txt -> COCO polygons. "
+                                     "Class indices are the 80 COCO classes (mapped to COCO's "
+                                     "category ids) unless --names is given.")
+    y.add_argument("images", type=Path, help="image folder")
+    y.add_argument("labels", type=Path, help="label folder (<stem>.txt per image)")
+    y.add_argument("out", type=Path, help="output JSON")
+    y.add_argument("--names", type=Path, default=None,
+                   help="text file with one class name per line, in index order "
+                        "(category ids become index + 1)")
+    y.set_defaults(func=_yolo_seg)
+
+    s = kinds.add_parser("synthetic", help="generate the synthetic textured-shapes dataset",
+                         description="Write OUT_DIR/<split>.json and OUT_DIR/<split>/*.png.")
+    s.add_argument("out_dir", type=Path)
+    s.add_argument("--num-images", type=int, default=200)
+    s.add_argument("--image-size", type=int, default=256)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--split", default="train", help="split name (default: %(default)s)")
+    s.set_defaults(func=_synthetic)
+
+    for parser in (d, y, s):
+        parser.add_argument("--overwrite", action="store_true",
+                            help="replace an existing output")
+        parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _report(path: Path) -> int:
+    import json
+
+    data = json.loads(path.read_text())
+    print(f"wrote {path}: {len(data['images'])} images, {len(data['annotations'])} instances, "
+          f"{len(data['categories'])} categories")
+    return 0
+
+
+def _guarded(fn):
+    """Run a converter; turn bad-input errors into one line on stderr and exit code 1."""
+    from ..data.errors import DatasetError
+
+    def run(args: argparse.Namespace) -> int:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+        try:
+            return _report(fn(args))
+        except (DatasetError, FileExistsError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+@_guarded
+def _dsb2018(args: argparse.Namespace) -> Path:
+    from ..data.converters import convert_dsb2018
+
+    return convert_dsb2018(args.src, args.out, split=args.split, overwrite=args.overwrite,
+                           progress=not args.quiet)
+
+
+@_guarded
+def _yolo_seg(args: argparse.Namespace) -> Path:
+    from ..data.converters import convert_yolo_seg
+
+    names = None
+    if args.names is not None:
+        names = [n.strip() for n in args.names.read_text().splitlines() if n.strip()]
+    return convert_yolo_seg(args.images, args.labels, args.out, names=names,
+                            overwrite=args.overwrite, progress=not args.quiet)
+
+
+@_guarded
+def _synthetic(args: argparse.Namespace) -> Path:
+    from ..data.synthetic import make_synthetic_coco
+
+    return make_synthetic_coco(args.out_dir, num_images=args.num_images,
+                               image_size=args.image_size, seed=args.seed,
+                               split_name=args.split, overwrite=args.overwrite)

@@ -1,0 +1,84 @@
+"""Reading images of any common mode into float RGB tensors.
+
+COCO pixel coordinates refer to the raw stored pixels, so EXIF orientation is ignored on
+purpose (as pycocotools and torchvision's COCO readers do).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DatasetError
+
+__all__ = ["read_image", "read_image_size", "image_to_float_rgb"]
+
+# Integer modes whose full range we map onto [0, 1].
+_INT_MODE_MAX = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0}
+
+
+def image_to_float_rgb(img: Image.Image) -> np.ndarray:
+    """Convert a PIL image of any mode to ``(H, W, 3) float32`` in [0, 1].
+
+    Grayscale (``L``, ``1``, 16-bit ``I;16*``, 32-bit ``I``/``F``) is replicated to three
+    channels; alpha (``LA``, ``RGBA``, ``PA``) is dropped; palette and CMYK are converted.
+    16-bit images are scaled by 65535; 32-bit ``I`` by the image's own maximum
+    (at least 255, so an 8-bit range stored as ``I`` keeps its brightness).
+    """
+    mode = img.mode
+    if mode in _INT_MODE_MAX or mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if mode in _INT_MODE_MAX:
+            scale = _INT_MODE_MAX[mode]
+        elif mode == "I":
+            scale = max(255.0, float(arr.max(initial=0.0)))
+        else:  # float images: assume [0, 1] already, clip outliers
+            scale = 1.0
+        gray = np.clip(arr / scale, 0.0, 1.0).astype(np.float32)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode == "RGB":
+        rgb = img
+    elif mode in ("L", "1"):
+        arr = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    else:  # RGBA, LA, P, PA, CMYK, YCbCr, ...
+        via_rgba = "A" in mode or mode == "P"
+        rgb = img.convert("RGBA").convert("RGB") if via_rgba else img.convert("RGB")
+    return np.asarray(rgb, dtype=np.float32) / 255.0
+
+
+def read_image(path: str | Path, *, record: str = "") -> torch.Tensor:
+    """Read an image file as ``(3, H, W) float32`` in [0, 1].
+
+    Raises:
+        DatasetError: the file is missing or cannot be decoded; the message names ``path``
+            and ``record`` (e.g. ``"image id 42"``).
+    """
+    path = Path(path)
+    where = f" ({record})" if record else ""
+    if not path.is_file():
+        raise DatasetError(f"image file not found: {path}{where}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            arr = image_to_float_rgb(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"cannot decode image {path}{where}: {exc}") from exc
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def read_image_size(path: str | Path, *, record: str = "") -> tuple[int, int]:
+    """``(height, width)`` of an image from its header only (fast, no pixel decode)."""
+    path = Path(path)
+    where = f" ({record})" if record else ""
+    if not path.is_file():
+        raise DatasetError(f"image file not found: {path}{where}")
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"cannot decode image {path}{where}: {exc}") from exc
+    return height, width
