@@ -1,0 +1,166 @@
+"""Box AP, mask AP and boundary AF through pycocotools, for any number of mask sets at once."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from .boundary_af import boundary_af
+from .coco_results import output_to_records
+from .distributed import all_gather_objects, rank
+from .evaluator import DatasetEvaluator, image_ids_of
+
+__all__ = ["COCOEvaluator", "AP_NAMES"]
+
+logger = logging.getLogger(__name__)
+AP_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def _quiet(fn, *args):
+    with contextlib.redirect_stdout(io.StringIO()):
+        return fn(*args)
+
+
+def _load_gt(coco_gt: COCO | str | Path) -> COCO:
+    if isinstance(coco_gt, COCO):
+        return coco_gt
+    return _quiet(COCO, str(coco_gt))
+
+
+class COCOEvaluator(DatasetEvaluator):
+    """COCO box/mask AP plus the paper's boundary AF1/AF2, for several mask sets side by side.
+
+    ``evaluate()`` returns ``{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl"},
+    "segm/<mask_key>": {... same ..., "AF1", "AF2"}}`` in percent (NaN where COCO has no
+    value, e.g. no object of that size). Only processed images are scored. Under DDP every
+    rank's records are gathered; an image seen twice (padding of ``DistributedSampler``)
+    counts once; results are returned on rank 0 (``{}`` elsewhere) unless ``all_ranks``.
+
+    Args:
+        coco_gt: the ground truth (a pycocotools ``COCO`` or a JSON path).
+        label_to_cat_id: contiguous model label -> COCO category id.
+        iou_types: any of ``"bbox"``, ``"segm"``.
+        mask_keys: output keys holding ``(K, 1, H, W)`` mask probabilities in image
+            coordinates, each evaluated as its own ``segm/<key>`` entry.
+        boundary: also compute AF (``AF1``, ``AF2`` for ``tolerances=(1, 2)``).
+        mask_threshold: probabilities above it are inside.
+        tolerances: boundary tolerances in pixels.
+        all_ranks: return results on every rank.
+    """
+
+    def __init__(self, coco_gt: COCO | str | Path, *, label_to_cat_id: Mapping[int, int],
+                 iou_types: Sequence[str] = ("bbox", "segm"),
+                 mask_keys: Sequence[str] = ("masks",), boundary: bool = True,
+                 mask_threshold: float = 0.5, tolerances: Sequence[float] = (1, 2),
+                 all_ranks: bool = False) -> None:
+        bad = set(iou_types) - {"bbox", "segm"}
+        if bad:
+            raise ValueError(f"unsupported iou_types {sorted(bad)}; use 'bbox' and/or 'segm'")
+        self.coco_gt = _load_gt(coco_gt)
+        self.label_to_cat_id = dict(label_to_cat_id)
+        unknown = set(self.label_to_cat_id.values()) - set(self.coco_gt.cats)
+        if unknown:
+            raise ValueError(f"label_to_cat_id maps to category ids {sorted(unknown)} that the "
+                             "ground truth does not have")
+        self.iou_types = tuple(iou_types)
+        self.mask_keys = tuple(mask_keys) if "segm" in self.iou_types else ()
+        self.boundary = boundary
+        self.mask_threshold = mask_threshold
+        self.tolerances = tuple(tolerances)
+        self.all_ranks = all_ranks
+        self.reset()
+
+    def reset(self) -> None:
+        self._records: dict[int, list[dict[str, Any]]] = {}
+
+    def process(self, targets_or_image_ids: Sequence[Any], outputs: Sequence[dict[str, Any]]
+                ) -> None:
+        ids = image_ids_of(targets_or_image_ids)
+        if len(ids) != len(outputs):
+            raise ValueError(f"{len(ids)} images but {len(outputs)} outputs")
+        for image_id, output in zip(ids, outputs, strict=True):
+            info = self.coco_gt.imgs.get(image_id)
+            if info is None:
+                raise KeyError(f"image id {image_id} is not in the ground truth")
+            for key in self.mask_keys:
+                shape = tuple(output[key].shape[-2:]) if key in output else None
+                if shape is not None and len(output[key]) and shape != (info["height"],
+                                                                        info["width"]):
+                    raise ValueError(
+                        f"image id {image_id}: {key!r} is {shape[1]}x{shape[0]} but the image "
+                        f"is {info['width']}x{info['height']}; paste masks in original image "
+                        "coordinates")
+            self._records.setdefault(image_id, output_to_records(
+                output, image_id, self.label_to_cat_id, mask_keys=self.mask_keys,
+                mask_threshold=self.mask_threshold))
+
+    def _gathered(self) -> dict[int, list[dict[str, Any]]]:
+        merged: dict[int, list[dict[str, Any]]] = {}
+        for part in all_gather_objects(self._records):
+            for image_id, recs in part.items():
+                merged.setdefault(image_id, recs)
+        return merged
+
+    def evaluate(self) -> dict[str, Any]:
+        records = self._gathered()
+        if rank() != 0 and not self.all_ranks:
+            return {}
+        if not records:
+            logger.warning("COCOEvaluator: no images were processed")
+            return {}
+        img_ids = sorted(records)
+        flat = [r for i in img_ids for r in records[i]]
+        results: dict[str, Any] = {}
+        if "bbox" in self.iou_types:
+            dets = [{k: r[k] for k in ("image_id", "category_id", "bbox", "score")} for r in flat]
+            results["bbox"], _, _ = self._run(dets, "bbox", img_ids)
+        for key in self.mask_keys:
+            dets = [{"image_id": r["image_id"], "category_id": r["category_id"],
+                     "score": r["score"], "segmentation": r[key]} for r in flat]
+            metrics, coco_eval, coco_dt = self._run(dets, "segm", img_ids)
+            if self.boundary:
+                metrics.update(self._boundary(coco_eval, coco_dt))
+            results[f"segm/{key}"] = metrics
+        return results
+
+    def _run(self, dets: list[dict], iou_type: str, img_ids: list[int]
+             ) -> tuple[dict[str, float], COCOeval, COCO]:
+        if dets:
+            coco_dt = _quiet(self.coco_gt.loadRes, copy.deepcopy(dets))
+        else:  # loadRes rejects an empty list: an empty result set scores 0
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": self.coco_gt.dataset["images"], "annotations": [],
+                               "categories": self.coco_gt.dataset["categories"]}
+            _quiet(coco_dt.createIndex)
+        coco_eval = COCOeval(self.coco_gt, coco_dt, iou_type)
+        coco_eval.params.imgIds = img_ids
+        for step in (coco_eval.evaluate, coco_eval.accumulate, coco_eval.summarize):
+            _quiet(step)
+        metrics = {name: (float(v * 100) if v >= 0 else math.nan)
+                   for name, v in zip(AP_NAMES, coco_eval.stats[:6], strict=True)}
+        return metrics, coco_eval, coco_dt
+
+    def _boundary(self, coco_eval: COCOeval, coco_dt: COCO) -> dict[str, float]:
+        gt_cache: dict[int, np.ndarray] = {}
+
+        def gt_mask(ann_id: int) -> np.ndarray:
+            if ann_id not in gt_cache:
+                gt_cache[ann_id] = self.coco_gt.annToMask(self.coco_gt.anns[ann_id])
+            return gt_cache[ann_id]
+
+        def dt_mask(det_id: int) -> np.ndarray:
+            return mask_utils.decode(coco_dt.anns[det_id]["segmentation"])
+
+        return boundary_af(coco_eval, gt_mask=gt_mask, dt_mask=dt_mask,
+                           tolerances=self.tolerances)
