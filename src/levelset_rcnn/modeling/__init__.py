@@ -1,0 +1,56 @@
+"""LevelSet R-CNN models: heads, RoI heads, the model class and builders.
+
+Example::
+
+    from levelset_rcnn.modeling import levelset_rcnn_resnet50_fpn
+    model = levelset_rcnn_resnet50_fpn(weights="COCO_V1", num_classes=9).eval()
+    out = model([image])[0]       # boxes, labels, scores, masks (K, 1, H, W) as Mask R-CNN
+"""
+
+from .builders import (
+    BACKBONES,
+    levelset_rcnn,
+    levelset_rcnn_mobilenet_v3_large_fpn,
+    levelset_rcnn_resnet18_fpn,
+    levelset_rcnn_resnet50_fpn,
+    mask_rcnn,
+)
+from .heads import (
+    DEFAULT_INIT,
+    ChanVeseFeatureHead,
+    GlobalHyperParameters,
+    HighResMaskPredictor,
+    HyperParameterHead,
+    HyperParameters,
+    TSDFPredictor,
+)
+from .levelset_rcnn import LevelSetRCNN, validate_inputs
+from .losses import LOSS_EPS, levelset_targets, tsdf_loss
+from .roi_heads import DEFAULT_TRUNCATION, LevelSetRoIHeads
+from .weights import LoadReport, WeightsUnavailableError, load_maskrcnn_weights
+
+__all__ = [
+    "BACKBONES",
+    "DEFAULT_INIT",
+    "DEFAULT_TRUNCATION",
+    "LOSS_EPS",
+    "ChanVeseFeatureHead",
+    "GlobalHyperParameters",
+    "HighResMaskPredictor",
+    "HyperParameterHead",
+    "HyperParameters",
+    "LevelSetRCNN",
+    "LevelSetRoIHeads",
+    "LoadReport",
+    "TSDFPredictor",
+    "WeightsUnavailableError",
+    "levelset_rcnn",
+    "levelset_rcnn_mobilenet_v3_large_fpn",
+    "levelset_rcnn_resnet18_fpn",
+    "levelset_rcnn_resnet50_fpn",
+    "levelset_targets",
+    "load_maskrcnn_weights",
+    "mask_rcnn",
+    "tsdf_loss",
+    "validate_inputs",
+]

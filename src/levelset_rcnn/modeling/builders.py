@@ -1,0 +1,202 @@
+"""Model builders in torchvision's style (plain functions, keyword arguments).
+
+* :func:`levelset_rcnn`: the generic builder (``backbone`` = ``"resnet18" | "resnet34" |
+  "resnet50" | "resnet101" | "mobilenet_v3_large"``, FPN and head widths, any
+  :class:`LevelSetRCNN` / torchvision ``FasterRCNN`` keyword);
+* :func:`levelset_rcnn_resnet50_fpn`, :func:`levelset_rcnn_resnet18_fpn`,
+  :func:`levelset_rcnn_mobilenet_v3_large_fpn`: the named variants;
+* :func:`mask_rcnn`: the Mask R-CNN baseline through the same code (``mask_head_type="binary"``),
+  so that comparisons use identical backbones, RPN and box heads.
+
+``weights`` (COCO Mask R-CNN: ``MaskRCNN_ResNet50_FPN_Weights.COCO_V1``, ``"DEFAULT"`` or a local
+state-dict file) loads every compatible tensor; the report is logged and kept as
+``model.load_report``. No download happens unless weights are asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from torch import nn
+from torchvision.models import get_model_weights, mobilenet_v3_large, resnet
+from torchvision.models._api import WeightsEnum
+from torchvision.models.detection._utils import overwrite_eps
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNN_ResNet50_FPN_Weights
+from torchvision.ops import misc as misc_nn_ops
+
+from .levelset_rcnn import LevelSetRCNN
+from .weights import WeightsUnavailableError, expected_path, load_maskrcnn_weights
+
+__all__ = [
+    "BACKBONES",
+    "levelset_rcnn",
+    "levelset_rcnn_mobilenet_v3_large_fpn",
+    "levelset_rcnn_resnet18_fpn",
+    "levelset_rcnn_resnet50_fpn",
+    "mask_rcnn",
+]
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large")
+_COCO_FILE = os.path.basename(MaskRCNN_ResNet50_FPN_Weights.COCO_V1.url)
+
+WeightsArg = WeightsEnum | str | os.PathLike | None
+
+
+def _backbone_weights(name: str, weights: WeightsEnum | str | None) -> WeightsEnum | None:
+    if weights is None:
+        return None
+    return get_model_weights(name).verify(weights)
+
+
+def _make_backbone(
+    name: str, weights: WeightsEnum | None, *, trainable_layers: int | None,
+    fpn_channels: int, frozen_bn: bool, progress: bool,
+) -> nn.Module:
+    norm_layer = misc_nn_ops.FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
+    ctor = mobilenet_v3_large if name == "mobilenet_v3_large" else resnet.__dict__[name]
+    try:
+        body = ctor(weights=weights, progress=progress, norm_layer=norm_layer)
+    except Exception as err:
+        if weights is None:
+            raise
+        raise WeightsUnavailableError(
+            f"could not get backbone weights {weights} ({type(err).__name__}: {err}). Place "
+            f"the file at {expected_path(weights)}, or pass weights_backbone=None"
+        ) from err
+    if name == "mobilenet_v3_large":
+        features = body.features
+        stages = [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)]
+        stages.append(len(features) - 1)
+        trainable = len(stages) if trainable_layers is None else trainable_layers
+        freeze_before = len(features) if trainable == 0 else stages[len(stages) - trainable]
+        for b in features[:freeze_before]:
+            b.requires_grad_(False)
+        used = [len(stages) - 2, len(stages) - 1]
+        return BackboneWithFPN(
+            features, {str(stages[k]): str(v) for v, k in enumerate(used)},
+            [features[stages[i]].out_channels for i in used], fpn_channels,
+        )
+    trainable = 5 if trainable_layers is None else trainable_layers
+    train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable]
+    if trainable == 5:
+        train.append("bn1")
+    for pname, p in body.named_parameters():
+        if not any(pname.startswith(t) for t in train):
+            p.requires_grad_(False)
+    c2 = body.inplanes // 8
+    return BackboneWithFPN(
+        body, {f"layer{k}": str(k - 1) for k in range(1, 5)},
+        [c2 * 2 ** (k - 1) for k in range(1, 5)], fpn_channels,
+    )
+
+
+def levelset_rcnn(
+    *,
+    backbone: str = "resnet50",
+    weights: WeightsArg = None,
+    weights_backbone: WeightsEnum | str | None = None,
+    num_classes: int | None = None,
+    trainable_backbone_layers: int | None = None,
+    fpn_channels: int = 256,
+    box_representation_size: int = 1024,
+    progress: bool = True,
+    **kwargs: Any,
+) -> LevelSetRCNN:
+    """Generic builder.
+
+    Args:
+        backbone: one of :data:`BACKBONES`.
+        weights: COCO Mask R-CNN weights to start from (enum, ``"DEFAULT"``, ``"COCO_V1"`` or a
+            local file); compatible tensors load, the rest start fresh (``model.load_report``).
+        weights_backbone: ImageNet weights for the backbone (ignored when ``weights`` is set).
+        num_classes: including background; 91 (COCO) by default.
+        trainable_backbone_layers: as torchvision (default 3 when pretrained, else all).
+        fpn_channels: FPN width (256 in the paper; smaller for CPU work).
+        box_representation_size: width of the box head's two FC layers (1024).
+        **kwargs: :class:`LevelSetRCNN` arguments (``mask_head_type``, ``num_steps``,
+            ``cv_channels``, ``mask_layers``, ``detach_phi0``, ...) and torchvision
+            ``FasterRCNN`` ones (``min_size``, ``max_size``, ``box_batch_size_per_image``, ...).
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+    if weights is not None:
+        weights_backbone = None
+        num_classes = 91 if num_classes is None else num_classes
+    elif num_classes is None:
+        num_classes = 91
+    wb = _backbone_weights(backbone, weights_backbone)
+    pretrained = weights is not None or wb is not None
+    if trainable_backbone_layers is None and pretrained:
+        trainable_backbone_layers = 3
+    body = _make_backbone(
+        backbone, wb, trainable_layers=trainable_backbone_layers, fpn_channels=fpn_channels,
+        frozen_bn=pretrained, progress=progress,
+    )
+    if backbone == "mobilenet_v3_large" and "rpn_anchor_generator" not in kwargs:
+        sizes = ((32, 64, 128, 256, 512),) * 3
+        kwargs["rpn_anchor_generator"] = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * 3)
+    if box_representation_size != 1024 and "box_head" not in kwargs:
+        kwargs["box_head"] = TwoMLPHead(fpn_channels * 7 * 7, box_representation_size)
+        kwargs["box_predictor"] = FastRCNNPredictor(box_representation_size, num_classes)
+        model = LevelSetRCNN(body, None, **kwargs)
+    else:
+        model = LevelSetRCNN(body, num_classes, **kwargs)
+    model.load_report = None
+    if weights is not None:
+        model.load_report = load_maskrcnn_weights(model, weights, progress=progress)
+        src = str(model.load_report.source)
+        if weights == MaskRCNN_ResNet50_FPN_Weights.COCO_V1 or src.endswith(_COCO_FILE):
+            overwrite_eps(model, 0.0)  # as torchvision does for this legacy checkpoint
+    return model
+
+
+def levelset_rcnn_resnet50_fpn(
+    *,
+    weights: WeightsArg = None,
+    weights_backbone: WeightsEnum | str | None = resnet.ResNet50_Weights.IMAGENET1K_V1,
+    num_classes: int | None = None,
+    **kwargs: Any,
+) -> LevelSetRCNN:
+    """LevelSet R-CNN with a ResNet-50 FPN backbone (the paper's model); see
+    :func:`levelset_rcnn` for the arguments."""
+    return levelset_rcnn(backbone="resnet50", weights=weights,
+                         weights_backbone=weights_backbone, num_classes=num_classes, **kwargs)
+
+
+def levelset_rcnn_resnet18_fpn(
+    *,
+    weights: WeightsArg = None,
+    weights_backbone: WeightsEnum | str | None = None,
+    num_classes: int | None = None,
+    **kwargs: Any,
+) -> LevelSetRCNN:
+    """LevelSet R-CNN with a ResNet-18 FPN backbone (CPU work)."""
+    return levelset_rcnn(backbone="resnet18", weights=weights,
+                         weights_backbone=weights_backbone, num_classes=num_classes, **kwargs)
+
+
+def levelset_rcnn_mobilenet_v3_large_fpn(
+    *,
+    weights: WeightsArg = None,
+    weights_backbone: WeightsEnum | str | None = None,
+    num_classes: int | None = None,
+    **kwargs: Any,
+) -> LevelSetRCNN:
+    """LevelSet R-CNN with a MobileNetV3-Large FPN backbone (CPU work)."""
+    return levelset_rcnn(backbone="mobilenet_v3_large", weights=weights,
+                         weights_backbone=weights_backbone, num_classes=num_classes, **kwargs)
+
+
+def mask_rcnn(*, mask_resolution: int = 28, **kwargs: Any) -> LevelSetRCNN:
+    """Mask R-CNN baseline (binary 28x28 or 112x112 masks) through :func:`levelset_rcnn`."""
+    return levelset_rcnn(mask_head_type="binary", mask_resolution=mask_resolution, **kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+

@@ -1,0 +1,227 @@
+"""The three RoI heads that LevelSet R-CNN adds to Mask R-CNN (paper, section 4.1).
+
+All three read the output of the *mask trunk*: Mask R-CNN's own mask head (four 3x3 convs of
+256 channels on 14x14 RoIAlign features, :class:`torchvision.models.detection.mask_rcnn.
+MaskRCNNHeads`), kept unchanged so that it can be initialised from COCO Mask R-CNN weights and
+so that the baseline and LevelSet R-CNN spend exactly the same compute up to that point. The
+paper's supplement (not available to us) gives its exact layouts; ours are chosen to keep the
+added cost small (the overhead target is 1.10x Mask R-CNN at inference):
+
+* :class:`TSDFPredictor` (initial TSDF head): Mask R-CNN's predictor with a TSDF output,
+  ``ConvTranspose 2x2/2 (256 -> 256) -> ReLU -> 1x1 conv (-> K) -> tanh`` giving a 28x28 TSDF
+  in [-1, 1] per class (``K = num_classes``) or class-agnostic (``K = 1``), which the RoI heads
+  upsample bilinearly to 112x112 as ``phi_0``.
+* :class:`HyperParameterHead`: ``3x3 conv stride 2 (-> 64) -> ReLU -> 3x3 conv (64) -> ReLU``
+  at 7x7, global average pooling, ``FC (64 -> 128) -> ReLU -> FC (128 -> 2N+3)`` and
+  ``2 * sigmoid``: ``lambda_1, lambda_2, mu, eps_1..eps_N, dt_1..dt_N``. The last layer starts
+  with tiny weights and biases set so that every instance starts near :data:`DEFAULT_INIT`.
+  :class:`GlobalHyperParameters` is the ablation with one learned set for the whole dataset.
+* :class:`ChanVeseFeatureHead`: ``ConvTranspose 2x2/2 (256 -> 64) -> ReLU -> 1x1 conv
+  (64 -> C)`` at 28x28, then bilinear upsampling to 112x112. All convolutions run at 14x14 or
+  28x28; the 112x112 map is made by interpolation only, because a single 3x3 conv of 64
+  channels at 112x112 costs ~0.9 GFLOP per RoI, as much as the whole mask trunk.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "DEFAULT_INIT",
+    "ChanVeseFeatureHead",
+    "GlobalHyperParameters",
+    "HyperParameterHead",
+    "HighResMaskPredictor",
+    "HyperParameters",
+    "TSDFPredictor",
+    "hyperparameter_bias",
+]
+
+#: Initial hyperparameters (all in (0, 2), the range of ``2 * sigmoid``). With the default
+#: truncation of 12 px, ``eps = 0.1`` puts the Dirac band about 1.2 px either side of the
+#: contour; ``dt = 0.05`` with ``delta_eps(0) = 1 / (pi eps) ~ 3.2`` moves the level set by about
+#: ``0.16 * |data term|`` per step near the contour, i.e. a pixel or two over three steps for a
+#: data term of order one, which is what the 1x1 projection of the feature head produces at
+#: initialisation.
+DEFAULT_INIT: Mapping[str, float] = {
+    "lambda1": 1.0,
+    "lambda2": 1.0,
+    "mu": 0.2,
+    "eps": 0.1,
+    "dt": 0.05,
+}
+
+
+@dataclass
+class HyperParameters:
+    """Per-RoI Chan-Vese hyperparameters: ``lambda1, lambda2, mu: (R,)``, ``eps, dt: (R, N)``."""
+
+    lambda1: Tensor
+    lambda2: Tensor
+    mu: Tensor
+    eps: Tensor
+    dt: Tensor
+
+    @classmethod
+    def from_raw(cls, raw: Tensor, num_steps: int) -> HyperParameters:
+        """Split ``raw: (R, 2N + 3)`` (already in (0, 2)) into named parts."""
+        N = num_steps
+        return cls(raw[:, 0], raw[:, 1], raw[:, 2], raw[:, 3 : 3 + N], raw[:, 3 + N : 3 + 2 * N])
+
+
+def hyperparameter_bias(num_steps: int, init: Mapping[str, float] | None = None) -> Tensor:
+    """Pre-activation values ``(2N + 3,)`` whose ``2 * sigmoid`` equals ``init``."""
+    values = dict(DEFAULT_INIT)
+    values.update(init or {})
+    for name, v in values.items():
+        if not 0.0 < v < 2.0:
+            raise ValueError(f"initial {name}={v} is outside (0, 2), the range of 2*sigmoid")
+    order = [values["lambda1"], values["lambda2"], values["mu"]]
+    order += [values["eps"]] * num_steps + [values["dt"]] * num_steps
+    return torch.tensor([math.log((v / 2) / (1 - v / 2)) for v in order], dtype=torch.float32)
+
+
+class TSDFPredictor(nn.Module):
+    """Initial TSDF head: ``(R, in_channels, 14, 14)`` trunk features -> ``(R, K, 28, 28)``
+    TSDF in [-1, 1] (``K = num_classes``, or 1 when ``class_agnostic``).
+
+    Layout: ``ConvTranspose2d(in, hidden, 2, stride 2) -> ReLU -> Conv2d(hidden, K, 1) -> tanh``
+    (Mask R-CNN's predictor with a bounded, signed output instead of logits).
+    """
+
+    def __init__(
+        self, in_channels: int, num_classes: int, *, hidden_channels: int = 256,
+        class_agnostic: bool = False,
+    ) -> None:
+        super().__init__()
+        self.num_outputs = 1 if class_agnostic else num_classes
+        self.upsample = nn.ConvTranspose2d(in_channels, hidden_channels, 2, stride=2)
+        self.predict = nn.Conv2d(hidden_channels, self.num_outputs, 1)
+        nn.init.kaiming_normal_(self.upsample.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(self.upsample.bias)
+        # Small output weights: tanh starts in its linear range instead of saturated at +-1.
+        nn.init.normal_(self.predict.weight, std=0.01)
+        nn.init.zeros_(self.predict.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.tanh(self.predict(F.relu(self.upsample(x))))
+
+
+class HyperParameterHead(nn.Module):
+    """Per-instance hyperparameters: ``(R, in_channels, S, S)`` -> ``(R, 2N + 3)`` in (0, 2).
+
+    Layout: ``Conv3x3/2(in, hidden) -> ReLU -> Conv3x3(hidden, hidden) -> ReLU -> avg pool ->
+    Linear(hidden, fc) -> ReLU -> Linear(fc, 2N + 3) -> 2 * sigmoid``. The last layer has zero
+    weights and biases from :func:`hyperparameter_bias`, so training starts from ``init``.
+    """
+
+    def __init__(
+        self, in_channels: int, num_steps: int, *, hidden_channels: int = 64,
+        fc_channels: int = 128, init: Mapping[str, float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_steps = num_steps
+        self.convs = nn.Sequential(
+            nn.Conv2d(in_channels, hidden_channels, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+        )
+        self.fc1 = nn.Linear(hidden_channels, fc_channels)
+        self.fc2 = nn.Linear(fc_channels, 2 * num_steps + 3)
+        for m in self.convs:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        # Small (not zero) weights: every instance starts near ``init`` and gradients reach
+        # the convolutions from the first step.
+        nn.init.normal_(self.fc2.weight, std=1e-3)
+        with torch.no_grad():
+            self.fc2.bias.copy_(hyperparameter_bias(num_steps, init))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.convs(x).mean(dim=(2, 3))
+        return 2.0 * torch.sigmoid(self.fc2(F.relu(self.fc1(h))))
+
+
+class GlobalHyperParameters(nn.Module):
+    """Ablation: one learned set of ``2N + 3`` hyperparameters shared by every RoI.
+
+    ``forward(x: (R, ...)) -> (R, 2N + 3)``; the input is only used for its batch size, dtype
+    and device.
+    """
+
+    def __init__(self, num_steps: int, *, init: Mapping[str, float] | None = None) -> None:
+        super().__init__()
+        self.num_steps = num_steps
+        self.logits = nn.Parameter(hyperparameter_bias(num_steps, init))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (2.0 * torch.sigmoid(self.logits)).to(x.dtype).expand(x.shape[0], -1)
+
+
+class ChanVeseFeatureHead(nn.Module):
+    """Chan-Vese features: ``(R, in_channels, S, S)`` -> ``(R, C, out_size, out_size)``.
+
+    Layout: ``ConvTranspose2d(in, hidden, 2, stride 2) -> ReLU -> Conv2d(hidden, C, 1)`` at
+    ``2S`` (28x28), then bilinear upsampling to ``out_size`` (112). The 1x1 projection is done
+    before upsampling (the two commute) so that no convolution ever runs at 112x112.
+    """
+
+    def __init__(
+        self, in_channels: int, *, out_channels: int = 64, hidden_channels: int = 64,
+        out_size: int = 112,
+    ) -> None:
+        super().__init__()
+        self.out_size = out_size
+        self.upsample = nn.ConvTranspose2d(in_channels, hidden_channels, 2, stride=2)
+        self.project = nn.Conv2d(hidden_channels, out_channels, 1)
+        nn.init.kaiming_normal_(self.upsample.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(self.upsample.bias)
+        # Unit-variance-per-input init: ||F - c||^2 stays of order one at initialisation.
+        nn.init.normal_(self.project.weight, std=1.0 / math.sqrt(hidden_channels * out_channels))
+        nn.init.zeros_(self.project.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = self.project(F.relu(self.upsample(x)))
+        if f.shape[-1] != self.out_size or f.shape[-2] != self.out_size:
+            f = F.interpolate(f, size=(self.out_size, self.out_size), mode="bilinear",
+                              align_corners=False)
+        return f
+
+
+class HighResMaskPredictor(nn.Module):
+    """Ablation "Mask R-CNN with a 112x112 mask head": binary mask logits at ``4 * 2S``.
+
+    ``(R, in_channels, 14, 14)`` -> ``(R, num_classes, 112, 112)``. Layout: Mask R-CNN's
+    ``ConvTranspose 2x2/2 (-> 256)`` to 28x28, then two ``ConvTranspose 2x2/2 (-> 64) -> ReLU``
+    to 56 and 112, then ``1x1 conv`` to one logit per class.
+    """
+
+    def __init__(
+        self, in_channels: int, num_classes: int, *, hidden_channels: int = 256,
+        fine_channels: int = 64,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.ConvTranspose2d(in_channels, hidden_channels, 2, stride=2),
+            nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(hidden_channels, fine_channels, 2, stride=2),
+            nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(fine_channels, fine_channels, 2, stride=2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(fine_channels, num_classes, 1),
+        )
+        for m in self.layers:
+            if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)

@@ -1,0 +1,87 @@
+"""TSDF targets and the level-set loss (paper, section 4.2).
+
+``l_TSDF(phi, phi_GT, M_GT) = |phi - phi_GT|_1 + BCE(H_0.1(phi), M_GT)``, averaged over the
+pixels of the positive RoIs, applied to ``phi_0`` and ``phi_N`` with separate weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import roi_align
+
+from ..levelset import heaviside, masks_to_tsdf
+
+__all__ = ["LOSS_EPS", "levelset_targets", "project_masks", "tsdf_loss"]
+
+#: Heaviside width of the BCE term (paper: 0.1); also used for the inference masks, so that
+#: probability 0.5 is exactly the zero level set.
+LOSS_EPS = 0.1
+
+
+def project_masks(gt_masks: Tensor, boxes: Tensor, matched_idxs: Tensor, size: int) -> Tensor:
+    """Crop and resize the matched ground-truth masks to the RoIs.
+
+    Args:
+        gt_masks: ``(G, H, W)`` masks of one image (any dtype, nonzero / > 0.5 inside).
+        boxes: ``(R, 4)`` RoIs ``(x0, y0, x1, y1)`` in the same (resized) image coordinates.
+        matched_idxs: ``(R,)`` index of the ground truth matched to each RoI.
+        size: output side ``M``.
+
+    Returns:
+        ``(R, M, M)`` float in [0, 1] (RoIAlign, bilinear, one sample per bin).
+
+    Unlike torchvision's ``project_masks_on_boxes`` this uses ``aligned=True``: target pixel
+    ``i`` of a box ``[x0, x1]`` samples the image at ``x0 + (i + 0.5) (x1 - x0) / M`` (pixel
+    centres at half-integers), the same geometry as ``paste_masks_in_image`` and
+    :func:`~levelset_rcnn.levelset.tsdf_to_polygons`, so that the 112x112 targets are not
+    shifted by half an image pixel.
+    """
+    if boxes.shape[0] == 0:
+        return boxes.new_zeros((0, size, size))
+    rois = torch.cat([matched_idxs.to(boxes)[:, None], boxes], dim=1)
+    return roi_align(gt_masks[:, None].to(rois), rois, (size, size), 1.0, 1, aligned=True)[:, 0]
+
+
+def levelset_targets(
+    gt_masks: list[Tensor], proposals: list[Tensor], matched_idxs: list[Tensor], *,
+    size: int, truncation: float,
+) -> tuple[Tensor, Tensor]:
+    """Mask and TSDF targets for the positive RoIs of a batch.
+
+    Returns:
+        ``masks: (R, M, M)`` float 0/1 (RoIAlign thresholded at 0.5) and ``tsdf: (R, M, M)``
+        float in [-1, 1] (:func:`masks_to_tsdf` with ``truncation`` pixels of the ``M`` grid),
+        on the proposals' device.
+    """
+    projected = [
+        project_masks(m, p, i, size) for m, p, i in zip(gt_masks, proposals, matched_idxs,
+                                                          strict=True)
+    ]
+    masks = torch.cat(projected) >= 0.5
+    return masks.float(), masks_to_tsdf(masks, truncation)
+
+
+def tsdf_loss(phi: Tensor, tsdf_target: Tensor, mask_target: Tensor, *,
+              eps: float = LOSS_EPS) -> Tensor:
+    """``mean |phi - tsdf| + BCE(H_eps(phi), mask)`` over all pixels.
+
+    Args:
+        phi: ``(R, M, M)`` predicted level sets.
+        tsdf_target, mask_target: ``(R, M, M)`` float targets.
+
+    Returns:
+        A scalar; ``phi.sum() * 0`` (still in the graph) when there are no RoIs.
+    """
+    if phi.numel() == 0:
+        return phi.sum() * 0.0
+    with torch.autocast(device_type=phi.device.type, enabled=False):
+        phi = phi.float()
+        l1 = F.l1_loss(phi, tsdf_target.float())
+        # BCE on the soft Heaviside, written with logs of H and 1 - H = H(-phi) for accuracy.
+        h_in = heaviside(phi, eps).clamp_min(1e-6)
+        h_out = heaviside(-phi, eps).clamp_min(1e-6)
+        m = mask_target.float()
+        bce = -(m * h_in.log() + (1.0 - m) * h_out.log()).mean()
+    return l1 + bce

@@ -1,0 +1,246 @@
+"""Fast train / eval / contract tests of LevelSet R-CNN on tiny CPU models."""
+
+import numpy as np
+import pytest
+import torch
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads, MaskRCNNPredictor
+
+from levelset_rcnn.modeling import LevelSetRCNN, levelset_rcnn, load_maskrcnn_weights, mask_rcnn
+from levelset_rcnn.modeling.builders import _make_backbone
+
+from .common import TINY, synthetic_sample, tiny_kwargs
+
+LOSS_KEYS = {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+
+
+def tiny_model(**overrides) -> LevelSetRCNN:
+    torch.manual_seed(0)
+    return levelset_rcnn(**tiny_kwargs(**overrides))
+
+
+def torchvision_tiny_maskrcnn() -> MaskRCNN:
+    """torchvision's own Mask R-CNN with the same tiny backbone and head widths."""
+    torch.manual_seed(1)
+    backbone = _make_backbone("resnet18", None, trainable_layers=None, fpn_channels=32,
+                              frozen_bn=False, progress=False)
+    keep = {k: v for k, v in TINY.items() if k.startswith(("rpn_", "box_", "min_", "max_"))}
+    keep.pop("box_representation_size")
+    return MaskRCNN(
+        backbone, None, box_head=TwoMLPHead(32 * 49, 64), box_predictor=FastRCNNPredictor(64, 4),
+        mask_head=MaskRCNNHeads(32, [32, 32], 1), mask_predictor=MaskRCNNPredictor(32, 32, 4),
+        **keep,
+    )
+
+
+def batch(counts, size=(96, 96)):
+    samples = [synthetic_sample(n, size=size, seed=i) for i, n in enumerate(counts)]
+    return [s[0] for s in samples], [s[1] for s in samples]
+
+
+@pytest.mark.parametrize("counts", [(0,), (1,), (4, 0, 3)], ids=["zero", "one", "many"])
+def test_train_forward_backward(counts):
+    model = tiny_model().train()
+    images, targets = batch(counts)
+    losses = model(images, targets)
+    assert set(losses) == LOSS_KEYS | {"loss_tsdf_init", "loss_tsdf_final"}
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    grads = [p.grad for p in model.roi_heads.feature_head.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    if sum(counts) == 0:
+        assert losses["loss_tsdf_final"].item() == 0
+
+
+@pytest.mark.parametrize("counts", [(0,), (1,), (3, 2)], ids=["zero", "one", "many"])
+def test_eval_forward(counts):
+    model = tiny_model().eval()
+    model.roi_heads.score_thresh = 0.0
+    images, _ = batch(counts, size=(96, 80))
+    with torch.no_grad():
+        out = model(images)
+    assert len(out) == len(images)
+    for r in out:
+        K = r["boxes"].shape[0]
+        assert r["masks"].shape == (K, 1, 96, 80)
+
+
+def test_output_contract_equals_torchvision_maskrcnn():
+    ref = torchvision_tiny_maskrcnn().eval()
+    ours = tiny_model().eval()
+    report = load_maskrcnn_weights(ours, ref.state_dict())
+    assert not report.mismatched
+    assert {k.split(".")[1] for k in report.unexpected} == {"mask_predictor"}
+    for m in (ref, ours):
+        m.roi_heads.score_thresh = 0.0
+    images = [torch.rand(3, 96, 96), torch.rand(3, 72, 100)]
+    with torch.no_grad():
+        a, b = ref(images), ours(images)
+    for ra, rb, img in zip(a, b, images, strict=True):
+        assert set(ra) == set(rb) == {"boxes", "labels", "scores", "masks"}
+        # Same backbone, RPN and box weights: identical detections.
+        torch.testing.assert_close(ra["boxes"], rb["boxes"])
+        assert torch.equal(ra["labels"], rb["labels"])
+        for key in ra:
+            assert ra[key].shape == rb[key].shape, key
+            assert ra[key].dtype == rb[key].dtype, key
+            assert ra[key].device == rb[key].device, key
+        K = ra["boxes"].shape[0]
+        assert K > 0
+        assert rb["masks"].shape == (K, 1, *img.shape[-2:])
+        assert rb["masks"].min() >= 0 and rb["masks"].max() <= 1
+        assert rb["scores"].min() >= 0 and rb["scores"].max() <= 1
+
+
+def test_extras_tsdf_and_contours():
+    model = tiny_model(return_tsdf=True, return_contours=True).eval()
+    model.roi_heads.score_thresh = 0.0
+    images = [torch.rand(3, 96, 64)]
+    with torch.no_grad():
+        r = model(images)[0]
+    K = r["boxes"].shape[0]
+    assert r["tsdf"].shape == r["tsdf_init"].shape == (K, 1, 112, 112)
+    assert r["tsdf_init"].abs().max() <= 1
+    assert len(r["contours"]) == K
+    for polys, box in zip(r["contours"], r["boxes"], strict=True):
+        for p in polys:
+            assert p.dtype == np.float64 and p.shape[1] == 2
+            assert np.allclose(p[0], p[-1])
+            x0, y0, x1, y1 = box.tolist()
+            assert p[:, 0].min() >= x0 - 1e-6 and p[:, 0].max() <= x1 + 1e-6
+            assert p[:, 1].min() >= y0 - 1e-6 and p[:, 1].max() <= y1 + 1e-6
+    # Masks are H(phi_N): thresholding at 0.5 is the zero level set.
+    model.return_contours = False
+    with torch.no_grad():
+        r2 = model(images)[0]
+    assert "contours" not in r2 and "tsdf" in r2
+
+
+def test_gradients_reach_every_head():
+    model = tiny_model().train()
+    images, targets = batch((3, 2))
+    sum(model(images, targets).values()).backward()
+    rh = model.roi_heads
+    for name, module in [("backbone", model.backbone), ("rpn", model.rpn),
+                         ("box_head", rh.box_head), ("mask_trunk", rh.mask_head),
+                         ("tsdf", rh.tsdf_predictor), ("hyper", rh.hyper_head),
+                         ("features", rh.feature_head)]:
+        for pname, p in module.named_parameters():
+            if p.requires_grad:
+                assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname}"
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_detach_phi0_blocks_phiN_gradient_to_tsdf_head(detach):
+    model = tiny_model(detach_phi0=detach).train()
+    images, targets = batch((3,))
+    losses = model(images, targets)
+    losses["loss_tsdf_final"].backward()
+    rh = model.roi_heads
+    tsdf_grad = sum(p.grad.abs().sum() for p in rh.tsdf_predictor.parameters()
+                    if p.grad is not None)
+    feat_grad = sum(p.grad.abs().sum() for p in rh.feature_head.parameters())
+    assert feat_grad > 0
+    if detach:
+        assert tsdf_grad == 0
+    else:
+        assert tsdf_grad > 0
+
+
+@pytest.mark.parametrize(
+    "overrides, mask_keys",
+    [
+        (dict(mask_head_type="tsdf"), {"loss_tsdf_init"}),
+        (dict(mask_head_type="binary"), {"loss_mask"}),
+        (dict(mask_head_type="binary", mask_resolution=112), {"loss_mask"}),
+        (dict(hyperparams="global", num_steps=2, cv_channels=8), {"loss_tsdf_init",
+                                                                   "loss_tsdf_final"}),
+        (dict(class_agnostic=True, num_steps=1), {"loss_tsdf_init", "loss_tsdf_final"}),
+    ],
+    ids=["tsdf-target", "maskrcnn-28", "maskrcnn-112", "global-hyper", "agnostic"],
+)
+def test_ablations_train_and_eval(overrides, mask_keys):
+    model = tiny_model(**overrides).train()
+    images, targets = batch((2, 1))
+    losses = model(images, targets)
+    assert set(losses) == LOSS_KEYS | mask_keys
+    sum(losses.values()).backward()
+    model.eval()
+    model.roi_heads.score_thresh = 0.0
+    with torch.no_grad():
+        out = model(images)
+    for r, img in zip(out, images, strict=True):
+        assert r["masks"].shape[1:] == (1, *img.shape[-2:])
+        assert r["masks"].dtype == torch.float32
+
+
+def test_global_hyperparameters_are_learned():
+    model = tiny_model(hyperparams="global").train()
+    images, targets = batch((2,))
+    model(images, targets)["loss_tsdf_final"].backward()
+    assert model.roi_heads.hyper_head.logits.grad.abs().sum() > 0
+
+
+def test_mask_rcnn_baseline_builder():
+    model = mask_rcnn(**tiny_kwargs())
+    assert model.roi_heads.mask_head_type == "binary"
+    with pytest.raises(ValueError, match="tsdf"):
+        model.return_tsdf = True
+        model.eval()(torch.rand(1, 3, 64, 64).unbind(0))
+
+
+def test_state_dict_round_trip(tmp_path):
+    model = tiny_model().eval()
+    model.roi_heads.score_thresh = 0.0
+    path = tmp_path / "model.pth"
+    torch.save(model.state_dict(), path)
+    other = levelset_rcnn(**tiny_kwargs()).eval()
+    other.roi_heads.score_thresh = 0.0
+    other.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    images = [torch.rand(3, 96, 96)]
+    with torch.no_grad():
+        a, b = model(images)[0], other(images)[0]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+
+
+def _targets():
+    images, targets = batch((2,))
+    return images, targets
+
+
+def test_error_targets_length_mismatch():
+    model = tiny_model().train()
+    images, targets = _targets()
+    with pytest.raises(ValueError, match="1 images but 2 targets"):
+        model(images, targets * 2)
+    targets[0]["labels"] = targets[0]["labels"][:1]
+    with pytest.raises(ValueError, match="mismatched lengths"):
+        model(images, targets)
+
+
+def test_error_zero_area_box():
+    model = tiny_model().train()
+    images, targets = _targets()
+    targets[0]["boxes"][1, 2] = targets[0]["boxes"][1, 0]
+    with pytest.raises(ValueError, match="box 1 .* zero or negative area"):
+        model(images, targets)
+
+
+def test_error_masks_wrong_size():
+    model = tiny_model().train()
+    images, targets = _targets()
+    targets[0]["masks"] = targets[0]["masks"][:, :80]
+    with pytest.raises(ValueError, match=r"masks are \(80, 96\) but the image is \(96, 96\)"):
+        model(images, targets)
+
+
+def test_error_missing_targets_and_bad_types():
+    model = tiny_model().train()
+    images, targets = _targets()
+    with pytest.raises(ValueError, match="targets are needed"):
+        model(images)
+    targets[0]["labels"] = targets[0]["labels"].int()
+    with pytest.raises(TypeError, match="int64"):
+        model(images, targets)
