@@ -23,7 +23,7 @@ __all__ = ["make_synthetic_coco", "synthetic_image_dir", "SYNTHETIC_CATEGORIES"]
 
 SYNTHETIC_CATEGORIES: list[dict[str, Any]] = [
     {"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(SHAPE_NAMES)]
-_VERSION = 1
+_VERSION = 3
 _MIN_VISIBLE = 0.6  # drop an object if occlusion leaves less than this fraction of it
 
 
@@ -47,7 +47,7 @@ def render_image(shape: tuple[int, int], rng: np.random.Generator, *, max_object
     h, w = shape
     img = background(shape, rng)
     placed: list[tuple[int, np.ndarray, tuple[float, ...]]] = []
-    lo, hi = 10.0, min(60.0, 0.45 * min(h, w))  # radius: objects 20-120 px across
+    lo, hi = 18.0, min(60.0, 0.45 * min(h, w))  # radius: objects ~35-120 px across
     for _ in range(int(rng.integers(1, max_objects + 1))):
         for _attempt in range(20):
             r = rng.uniform(lo, max(lo + 1, hi))
@@ -90,8 +90,8 @@ def make_synthetic_coco(out_dir: str | Path, *, num_images: int,
         max_objects: at most this many objects per image (at least one is attempted).
         overwrite: replace an existing dataset made with other parameters.
 
-    An existing dataset with identical parameters is reused as is. One with other parameters
-    raises ``FileExistsError`` unless ``overwrite``.
+    Without ``overwrite`` an existing dataset with identical parameters is reused as is and
+    one with other parameters raises ``FileExistsError``; ``overwrite`` regenerates it.
     """
     h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     params = {"version": _VERSION, "num_images": num_images, "image_size": [h, w], "seed": seed,
@@ -99,7 +99,7 @@ def make_synthetic_coco(out_dir: str | Path, *, num_images: int,
     out_dir = Path(out_dir)
     ann_path = out_dir / f"{split_name}.json"
     img_dir = synthetic_image_dir(ann_path)
-    if ann_path.exists():
+    if ann_path.exists() and not overwrite:
         try:
             existing = json.loads(ann_path.read_text()).get("info", {}).get("params")
         except (json.JSONDecodeError, AttributeError):
@@ -107,9 +107,8 @@ def make_synthetic_coco(out_dir: str | Path, *, num_images: int,
         if existing == params and all((img_dir / f"{i:06d}.png").is_file()
                                       for i in range(num_images)):
             return ann_path
-        if not overwrite:
-            raise FileExistsError(f"{ann_path} exists with other parameters; pass "
-                                  "overwrite=True to replace it")
+        raise FileExistsError(f"{ann_path} exists with other parameters; pass overwrite=True "
+                              "to replace it")
     img_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for i in range(num_images):

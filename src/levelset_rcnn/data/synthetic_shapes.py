@@ -43,14 +43,18 @@ def _ring(mask: np.ndarray, cx: float, cy: float, r: float, theta: float,
     uv = _rotate(np.stack([xx.ravel() - cx, yy.ravel() - cy], axis=1), -theta)
     aspect = rng.uniform(0.7, 1.0)
     d = np.hypot(uv[:, 0] / r, uv[:, 1] / (r * aspect)).reshape(xx.shape)
-    inner = rng.uniform(0.45, 0.7)
-    mask[y0:y1, x0:x1] |= (d <= 1.0) & (d >= inner)
+    # A scalloped outer edge (bumps a few pixels high) that a 28x28 mask smooths away.
+    lobes, depth = int(rng.integers(8, 15)), rng.uniform(2.0, 4.0) / r
+    angle = np.arctan2(uv[:, 1], uv[:, 0]).reshape(xx.shape)
+    outer = 1.0 - depth * (0.5 + 0.5 * np.sin(lobes * angle + rng.uniform(0, 2 * np.pi)))
+    inner = rng.uniform(0.5, 0.75)
+    mask[y0:y1, x0:x1] |= (d <= outer) & (d >= inner)
 
 
 def _star(mask: np.ndarray, cx: float, cy: float, r: float, theta: float,
           rng: np.random.Generator) -> None:
-    n = int(rng.integers(5, 9))
-    inner = rng.uniform(0.25, 0.45)
+    n = int(rng.integers(6, 11))
+    inner = rng.uniform(0.25, 0.4)
     angles = theta + np.arange(2 * n) * np.pi / n
     radii = np.where(np.arange(2 * n) % 2 == 0, r, r * inner)
     _fill_polygon(mask, np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], 1))
@@ -58,8 +62,9 @@ def _star(mask: np.ndarray, cx: float, cy: float, r: float, theta: float,
 
 def _fork(mask: np.ndarray, cx: float, cy: float, r: float, theta: float,
           rng: np.random.Generator) -> None:
+    r = 0.75 * r  # the fork's outline reaches 1.33 r from its centre: keep it in the circle
     tines = int(rng.integers(3, 5))
-    half_wid = max(1.5, rng.uniform(0.05, 0.08) * r)  # tines 3-10 px wide: thin at 28x28
+    half_wid = rng.uniform(1.0, 2.0)  # tines 2-4 px wide: thinner than a 28x28 mask's cell
     spread = r * 0.8
     base_y = -r * 0.6
     offset = np.array([cx, cy])
@@ -82,7 +87,7 @@ def _dumbbell(mask: np.ndarray, cx: float, cy: float, r: float, theta: float,
     for ex, ey in ends:
         rr, cc = disk((ey, ex), blob, shape=mask.shape)
         mask[rr, cc] = True
-    half_wid = rng.uniform(1.0, 2.5)
+    half_wid = rng.uniform(1.0, 2.0)
     if rng.random() < 0.3:  # a broken bar: two components
         for sign in (-1, 1):
             seg = _rect(sign * arm * 0.6, 0, arm * 0.3, half_wid, 0.0)
