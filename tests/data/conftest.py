@@ -1,19 +1,13 @@
-import os
 from pathlib import Path
 
 import pytest
 
-
-def _shared_data() -> Path:
-    env = os.environ.get("LEVELSET_RCNN_SHARED_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from .shared_data import shared_data_root
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    root = _shared_data()
+    root = shared_data_root()
     if not root.is_dir():
         pytest.skip(f"real test data not found at {root} (set LEVELSET_RCNN_SHARED_DATA)")
     return root

@@ -8,8 +8,9 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+from torch.utils.data import Subset
 
-from levelset_rcnn.data import CocoInstanceDataset, DatasetError, collate_fn
+from levelset_rcnn.data import CocoInstanceDataset, DatasetError, collate_fn, get_aspect_ratios
 
 H, W = 12, 16
 
@@ -111,6 +112,9 @@ def test_aspect_ratios(tmp_path):
               {"id": 2, "file_name": "b.png", "height": 30, "width": 15}]
     ds = CocoInstanceDataset(tmp_path, _write(tmp_path, annotations=[], images=images))
     assert ds.get_aspect_ratios() == [2.0, 0.5]
+    assert get_aspect_ratios(Subset(Subset(ds, [1, 0]), [0])) == [0.5]
+    with pytest.raises(TypeError, match="group_ids"):
+        get_aspect_ratios([1, 2])
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "I;16"])

@@ -4,10 +4,27 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator, Sequence
+from typing import Any
 
-from torch.utils.data import Sampler
+from torch.utils.data import Sampler, Subset
 
-__all__ = ["GroupedBatchSampler", "aspect_ratio_groups"]
+__all__ = ["GroupedBatchSampler", "aspect_ratio_groups", "get_aspect_ratios"]
+
+
+def get_aspect_ratios(dataset: Any) -> list[float]:
+    """Width / height of every item of ``dataset`` without decoding images.
+
+    Works for any dataset with a ``get_aspect_ratios()`` method (such as
+    :class:`~levelset_rcnn.data.CocoInstanceDataset`) and for ``torch.utils.data.Subset``
+    views of one (nested subsets included).
+    """
+    if isinstance(dataset, Subset):
+        parent = get_aspect_ratios(dataset.dataset)
+        return [parent[i] for i in dataset.indices]
+    if hasattr(dataset, "get_aspect_ratios"):
+        return list(dataset.get_aspect_ratios())
+    raise TypeError(f"{type(dataset).__name__} has no get_aspect_ratios(); group its images "
+                    "yourself and pass group_ids to GroupedBatchSampler")
 
 
 def aspect_ratio_groups(aspect_ratios: Sequence[float], bins: Sequence[float] = (1.0,)
