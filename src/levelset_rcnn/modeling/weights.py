@@ -125,6 +125,8 @@ def load_maskrcnn_weights(
     report = LoadReport(source=source)
     to_load = {}
     for k, v in renamed.items():
+        if k not in own and k.endswith("num_batches_tracked"):
+            continue  # BatchNorm counter; the model uses FrozenBatchNorm2d, which has none
         if k not in own:
             report.unexpected.append(k)
         elif own[k].shape != v.shape:
