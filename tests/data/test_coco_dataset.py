@@ -207,3 +207,12 @@ def test_single_bad_record_is_skipped_warned_and_counted(tmp_path, caplog, field
     assert len(ds[0][1]["labels"]) == 1
     with pytest.raises(DatasetError, match=f"annotation id 2: {reason}"):
         CocoInstanceDataset(tmp_path, path, strict=True)
+
+
+def test_missing_bbox_and_area_come_from_the_mask(tmp_path):
+    anns = [{"id": 1, "image_id": 10, "category_id": 5, "segmentation": _rle(MASK_B),
+             "iscrowd": 0}]
+    ds = CocoInstanceDataset(tmp_path, _write(tmp_path, annotations=anns))
+    _, target = ds[0]
+    assert target["boxes"].tolist() == [[10, 7, 15, 11]]
+    assert target["area"].tolist() == [float(MASK_B.sum())]

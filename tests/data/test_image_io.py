@@ -51,3 +51,13 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
     bad.write_bytes(b"\xff\xd8 definitely not a jpeg")
     with pytest.raises(DatasetError, match=r"cannot decode image .*bad\.jpg"):
         read_image(bad)
+
+
+def test_32_bit_integer_mode_uses_the_16_bit_range(tmp_path):
+    # Older Pillow opens 16-bit PNGs as mode "I": one fixed scale keeps images comparable.
+    arr = np.array([[0, 65535], [13107, 255]], dtype=np.int32)
+    img = Image.fromarray(arr)
+    assert img.mode == "I"
+    img.save(tmp_path / "i.tif")
+    np.testing.assert_allclose(read_image(tmp_path / "i.tif")[0].numpy(), arr / 65535.0,
+                               atol=1e-6)

@@ -10,7 +10,7 @@ unless ``strict=True``.
 from __future__ import annotations
 
 import contextlib
-import copy
+import copy as copy_module
 import io
 import json
 import logging
@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from .errors import DatasetError
+from .masks import segmentation_to_rle
 
 __all__ = ["LoadedCoco", "load_coco_json", "validate_coco_dict", "coco_from_dict", "polygon_area"]
 
@@ -108,14 +110,6 @@ def _clean_annotation(ann: dict, img: dict, path: Path) -> str | None:
     """Fix up ``ann`` in place; return a reason string when it must be skipped."""
     aid = ann["id"]
     h, w = img["height"], img["width"]
-    bbox = ann.get("bbox")
-    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-        return f"annotation id {aid}: 'bbox' is not [x, y, w, h]"
-    x0, y0 = max(0.0, float(bbox[0])), max(0.0, float(bbox[1]))
-    x1, y1 = min(float(w), bbox[0] + bbox[2]), min(float(h), bbox[1] + bbox[3])
-    if x1 - x0 <= 0 or y1 - y0 <= 0:
-        return f"annotation id {aid}: zero-area box {bbox} (inside a {w}x{h} image)"
-    ann["bbox"] = [x0, y0, x1 - x0, y1 - y0]
     seg = ann.get("segmentation")
     if isinstance(seg, list):
         good = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
@@ -132,9 +126,19 @@ def _clean_annotation(ann: dict, img: dict, path: Path) -> str | None:
                                f"from its image id {img['id']} ({img['file_name']}, {h}x{w})")
     else:
         return f"annotation id {aid}: no 'segmentation'"
+    bbox = ann.get("bbox")
+    if bbox is None:  # some exporters omit it: take the mask's extent
+        bbox = [float(v) for v in mask_utils.toBbox(segmentation_to_rle(seg, h, w))]
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        return f"annotation id {aid}: 'bbox' is not [x, y, w, h]"
+    x0, y0 = max(0.0, float(bbox[0])), max(0.0, float(bbox[1]))
+    x1, y1 = min(float(w), bbox[0] + bbox[2]), min(float(h), bbox[1] + bbox[3])
+    if x1 - x0 <= 0 or y1 - y0 <= 0:
+        return f"annotation id {aid}: zero-area box {bbox} (inside a {w}x{h} image)"
+    ann["bbox"] = [x0, y0, x1 - x0, y1 - y0]
     ann["iscrowd"] = int(ann.get("iscrowd", 0))
     if not _is_number(ann.get("area")):
-        ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
+        ann["area"] = float(mask_utils.area(segmentation_to_rle(seg, h, w)))
     return None
 
 
@@ -146,8 +150,9 @@ def load_coco_json(path: str | Path, *, strict: bool = False) -> LoadedCoco:
         strict: raise on the first unusable annotation instead of skipping it.
 
     Returns:
-        the cleaned dataset (a deep copy; skipped annotations removed, boxes clipped to the
-        image) and the number and reasons of skipped annotations.
+        the cleaned dataset (skipped annotations removed, boxes clipped to the image, a
+        missing ``bbox`` or ``area`` taken from the mask) and the number and reasons of
+        skipped annotations.
 
     Raises:
         DatasetError: the file is missing, not JSON, or structurally inconsistent.
@@ -160,15 +165,20 @@ def load_coco_json(path: str | Path, *, strict: bool = False) -> LoadedCoco:
             raw = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: not valid JSON: {exc}") from exc
-    return validate_coco_dict(raw, path, strict=strict)
+    return validate_coco_dict(raw, path, strict=strict, copy=False)
 
 
-def validate_coco_dict(raw: Any, path: str | Path, *, strict: bool = False) -> LoadedCoco:
-    """Validate an already parsed COCO dict (see :func:`load_coco_json`)."""
+def validate_coco_dict(raw: Any, path: str | Path, *, strict: bool = False,
+                       copy: bool = True) -> LoadedCoco:
+    """Validate an already parsed COCO dict (see :func:`load_coco_json`).
+
+    ``path`` only names the source in messages. With ``copy=False`` the annotations of
+    ``raw`` are fixed up in place (cheaper for large files).
+    """
     path = Path(path)
     if not isinstance(raw, dict):
         raise DatasetError(f"{path}: top level must be a JSON object, got {type(raw).__name__}")
-    data = copy.deepcopy(raw)
+    data = copy_module.deepcopy(raw) if copy else dict(raw)
     images = _check_images(_require_list(data, "images", path), path)
     cat_ids = _check_categories(_require_list(data, "categories", path), path)
     anns = _require_list(data, "annotations", path, optional=True)

@@ -16,8 +16,7 @@ from .errors import DatasetError
 
 __all__ = ["read_image", "read_image_size", "image_to_float_rgb"]
 
-# Integer modes whose full range we map onto [0, 1].
-_INT_MODE_MAX = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0}
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 def image_to_float_rgb(img: Image.Image) -> np.ndarray:
@@ -25,18 +24,13 @@ def image_to_float_rgb(img: Image.Image) -> np.ndarray:
 
     Grayscale (``L``, ``1``, 16-bit ``I;16*``, 32-bit ``I``/``F``) is replicated to three
     channels; alpha (``LA``, ``RGBA``, ``PA``) is dropped; palette and CMYK are converted.
-    16-bit images are scaled by 65535; 32-bit ``I`` by the image's own maximum
-    (at least 255, so an 8-bit range stored as ``I`` keeps its brightness).
+    16-bit images (``I;16*``, and ``I``, which older Pillow uses for 16-bit PNGs) are scaled
+    by 65535, so brightness is consistent across a dataset; ``F`` is assumed in [0, 1].
     """
     mode = img.mode
-    if mode in _INT_MODE_MAX or mode in ("I", "F"):
+    if mode in _WIDE_MODES:
         arr = np.asarray(img, dtype=np.float64)
-        if mode in _INT_MODE_MAX:
-            scale = _INT_MODE_MAX[mode]
-        elif mode == "I":
-            scale = max(255.0, float(arr.max(initial=0.0)))
-        else:  # float images: assume [0, 1] already, clip outliers
-            scale = 1.0
+        scale = 1.0 if mode == "F" else 65535.0
         gray = np.clip(arr / scale, 0.0, 1.0).astype(np.float32)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if mode == "RGB":
