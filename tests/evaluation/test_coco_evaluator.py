@@ -168,3 +168,14 @@ def test_evaluators_combine():
     ev.reset()
     ev.process([1], [prediction([(1, square(2, 2), 0.9)])])
     assert ev.evaluate()["bbox"]["AP"] == pytest.approx(100)
+
+
+def test_max_dets_caps_detections_per_image():
+    squares = [square(2, 2), square(2, 20), square(20, 2)]
+    coco = gt_coco([[(3, m) for m in squares]])
+    out = prediction([(1, m, s) for m, s in zip(squares, (0.9, 0.8, 0.7), strict=True)])
+    assert _evaluate(coco, [out])["segm/masks"]["AP"] == pytest.approx(100)
+    # Two of three found: precision 1 up to recall 2/3, i.e. 67 of the 101 recall points.
+    capped = _evaluate(coco, [out], max_dets=2)
+    assert capped["segm/masks"]["AP"] == pytest.approx(100 * 67 / 101)
+    assert capped["bbox"]["AP50"] == pytest.approx(100 * 67 / 101)

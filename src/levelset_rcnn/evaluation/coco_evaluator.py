@@ -38,6 +38,30 @@ def _load_gt(coco_gt: COCO | str | Path) -> COCO:
     return _quiet(COCO, str(coco_gt))
 
 
+def _ap_metrics(coco_eval: COCOeval) -> dict[str, float]:
+    """COCO's AP, AP50, AP75, APs/m/l in percent from an accumulated ``COCOeval``.
+
+    Read straight from ``eval["precision"]`` (T, R, K, A, M) at the largest ``maxDets``, as
+    ``summarize()`` would, except that its AP ignores a ``maxDets`` other than 100.
+    """
+    precision = coco_eval.eval["precision"]
+    thresholds = coco_eval.params.iouThrs
+    area_names = coco_eval.params.areaRngLbl
+
+    def mean(p: np.ndarray) -> float:
+        p = p[p > -1]
+        return float(100 * p.mean()) if p.size else math.nan
+
+    def at(area: str = "all", iou: float | None = None) -> float:
+        p = precision[..., area_names.index(area), -1]
+        if iou is not None:
+            p = p[np.flatnonzero(np.isclose(thresholds, iou))]
+        return mean(p)
+
+    return {"AP": at(), "AP50": at(iou=0.5), "AP75": at(iou=0.75), "APs": at("small"),
+            "APm": at("medium"), "APl": at("large")}
+
+
 class COCOEvaluator(DatasetEvaluator):
     """COCO box/mask AP plus the paper's boundary AF1/AF2, for several mask sets side by side.
 
@@ -56,6 +80,8 @@ class COCOEvaluator(DatasetEvaluator):
         boundary: also compute AF (``AF1``, ``AF2`` for ``tolerances=(1, 2)``).
         mask_threshold: probabilities above it are inside.
         tolerances: boundary tolerances in pixels.
+        max_dets: detections per image kept by COCO's matching (100 in the COCO protocol;
+            raise it for crowded images such as nuclei).
         all_ranks: return results on every rank.
     """
 
@@ -63,7 +89,7 @@ class COCOEvaluator(DatasetEvaluator):
                  iou_types: Sequence[str] = ("bbox", "segm"),
                  mask_keys: Sequence[str] = ("masks",), boundary: bool = True,
                  mask_threshold: float = 0.5, tolerances: Sequence[float] = (1, 2),
-                 all_ranks: bool = False) -> None:
+                 max_dets: int = 100, all_ranks: bool = False) -> None:
         bad = set(iou_types) - {"bbox", "segm"}
         if bad:
             raise ValueError(f"unsupported iou_types {sorted(bad)}; use 'bbox' and/or 'segm'")
@@ -78,6 +104,7 @@ class COCOEvaluator(DatasetEvaluator):
         self.boundary = boundary
         self.mask_threshold = mask_threshold
         self.tolerances = tuple(tolerances)
+        self.max_dets = max_dets
         self.all_ranks = all_ranks
         self.reset()
 
@@ -145,11 +172,10 @@ class COCOEvaluator(DatasetEvaluator):
             _quiet(coco_dt.createIndex)
         coco_eval = COCOeval(self.coco_gt, coco_dt, iou_type)
         coco_eval.params.imgIds = img_ids
-        for step in (coco_eval.evaluate, coco_eval.accumulate, coco_eval.summarize):
+        coco_eval.params.maxDets = [1, min(10, self.max_dets), self.max_dets]  # sorted by COCO
+        for step in (coco_eval.evaluate, coco_eval.accumulate):
             _quiet(step)
-        metrics = {name: (float(v * 100) if v >= 0 else math.nan)
-                   for name, v in zip(AP_NAMES, coco_eval.stats[:6], strict=True)}
-        return metrics, coco_eval, coco_dt
+        return _ap_metrics(coco_eval), coco_eval, coco_dt
 
     def _boundary(self, coco_eval: COCOeval, coco_dt: COCO) -> dict[str, float]:
         gt_cache: dict[int, np.ndarray] = {}
