@@ -24,6 +24,7 @@ def _worker(rank: int, init_file: str, results) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.timeout(120)
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_two_rank_merge(tmp_path):
     single = COCOEvaluator(gt_coco(GTS), label_to_cat_id=LABEL_TO_CAT)
