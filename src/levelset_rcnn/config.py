@@ -1,0 +1,294 @@
+"""Training / evaluation configuration: dataclasses loaded from YAML, with dotted overrides.
+
+A recipe is a YAML file with up to five sections (``model``, ``data``, ``solver``, ``train``,
+``eval``); a field left out keeps its default. Command-line overrides are ``key=value``
+strings with a dotted key (``solver.base_lr=0.01``, ``model.loss_weights=[1, 5]``); the value
+is parsed as YAML. An unknown section or field, or a value of the wrong type, raises
+:class:`ConfigError` naming the field and where it came from (the file or the command line).
+
+Example::
+
+    cfg = load_config("configs/synthetic_cpu.yaml", ["solver.max_iter=50"])
+    cfg.solver.base_lr, cfg.to_dict()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["Config", "ConfigError", "DataConfig", "EvalConfig", "ModelConfig", "SolverConfig",
+           "TrainConfig", "load_config", "apply_overrides", "config_from_dict"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the field and its source."""
+
+
+@dataclass
+class ModelConfig:
+    """What :func:`levelset_rcnn.modeling.levelset_rcnn` / ``mask_rcnn`` is called with."""
+
+    arch: str = "levelset_rcnn"          # "levelset_rcnn" | "mask_rcnn"
+    backbone: str = "resnet50"
+    weights: str | None = None           # COCO Mask R-CNN weights ("DEFAULT" or a file)
+    weights_backbone: str | None = None  # ImageNet backbone weights ("DEFAULT" or None)
+    num_classes: int | None = None       # including background; None: from the dataset
+    trainable_backbone_layers: int | None = None
+    fpn_channels: int = 256
+    box_representation_size: int = 1024
+    mask_layers: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
+    predictor_channels: int = 256
+    mask_head_type: str = "levelset"     # levelset | tsdf (ignored for mask_rcnn)
+    mask_resolution: int = 28            # mask_rcnn only: 28 or 112
+    num_steps: int = 3
+    cv_channels: int = 64
+    cv_hidden_channels: int = 64
+    loss_weights: list[float] = field(default_factory=lambda: [1.0, 5.0])
+    detach_phi0: bool = False
+    min_size: list[int] = field(default_factory=lambda: [800])
+    max_size: int = 1333
+    rpn_batch_size_per_image: int = 256
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    box_batch_size_per_image: int = 512
+    box_detections_per_img: int = 100
+    box_score_thresh: float = 0.05
+    extra: dict[str, Any] = field(default_factory=dict)  # any other builder keyword
+
+
+@dataclass
+class DataConfig:
+    """Datasets. ``synthetic: true`` generates the synthetic data under ``root``."""
+
+    synthetic: bool = False
+    root: str = "datasets/synthetic"
+    synthetic_train_images: int = 200
+    synthetic_val_images: int = 50
+    synthetic_image_size: int = 256
+    synthetic_seed: int = 0
+    train_images: str = ""
+    train_ann: str = ""
+    val_images: str = ""
+    val_ann: str = ""
+    train_first: int | None = None       # keep the first N training images (by sorted id)
+    val_last: int | None = None          # keep the last N validation images (by sorted id)
+    hflip_prob: float = 0.5
+    num_workers: int = 2
+
+
+@dataclass
+class SolverConfig:
+    """SGD with linear warmup and step decay."""
+
+    ims_per_batch: int = 16              # total over all processes
+    base_lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    max_iter: int = 90000
+    steps: list[int] = field(default_factory=lambda: [60000, 80000])
+    gamma: float = 0.1
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    clip_grad_norm: float | None = None
+    amp: bool = True                     # CUDA only; ignored on the CPU
+
+
+@dataclass
+class TrainConfig:
+    """Where and how often to write, log and evaluate."""
+
+    output_dir: str = "output"
+    seed: int = 0
+    device: str = "auto"                 # auto | cpu | cuda
+    checkpoint_period: int = 5000
+    log_period: int = 20
+    eval_period: int = 0                 # 0: evaluate only at the end
+    eval_at_end: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation settings (COCO AP, AF1/AF2)."""
+
+    boundary: bool = True
+    mask_threshold: float = 0.5
+    max_dets: int = 100
+    max_images: int | None = None
+
+
+@dataclass
+class Config:
+    """The whole recipe."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML / checkpoint friendly)."""
+        return dataclasses.asdict(self)
+
+    def dump(self, path: str | Path) -> None:
+        """Write the recipe as YAML."""
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+_SECTION_TYPES = {"model": ModelConfig, "data": DataConfig, "solver": SolverConfig,
+                  "train": TrainConfig, "eval": EvalConfig}
+
+
+def _type_name(tp: Any) -> str:
+    return str(tp).replace("typing.", "") if not isinstance(tp, type) else tp.__name__
+
+
+def _check(value: Any, tp: Any, where: str) -> Any:
+    """Return ``value`` converted to ``tp`` (int -> float, tuple -> list) or raise."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check(value, arg, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            # A single number where a list is expected (min_size: 800) is a one-item list.
+            (inner,) = typing.get_args(tp)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return [_check(value, inner, where)]
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(tp)
+        return [_check(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is typing.Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported field type {tp}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _set(cfg: Config, key: str, value: Any, source: str) -> None:
+    parts = key.split(".")
+    if len(parts) != 2:
+        raise ConfigError(f"{source}: {key!r} must be section.field, e.g. solver.base_lr")
+    section, name = parts
+    if section not in _SECTION_TYPES:
+        raise ConfigError(f"{source}: unknown section {section!r} in {key!r} (sections: "
+                          f"{', '.join(_SECTION_TYPES)})")
+    hints = _hints(_SECTION_TYPES[section])
+    if name not in hints:
+        raise ConfigError(f"{source}: unknown field {key!r} (fields of {section}: "
+                          f"{', '.join(hints)})")
+    setattr(getattr(cfg, section), name, _check(value, hints[name], f"{source}: {key}"))
+
+
+def config_from_dict(data: Mapping[str, Any] | None, *, source: str = "<dict>",
+                     base: Config | None = None) -> Config:
+    """Build a :class:`Config` from nested dicts (defaults for what is missing)."""
+    cfg = base if base is not None else Config()
+    if data is None:
+        return cfg
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got "
+                          f"{type(data).__name__}")
+    for section, fields in data.items():
+        if section not in _SECTION_TYPES:
+            raise ConfigError(f"{source}: unknown section {section!r} (sections: "
+                              f"{', '.join(_SECTION_TYPES)})")
+        if fields is None:
+            continue
+        if not isinstance(fields, Mapping):
+            raise ConfigError(f"{source}: section {section!r} must be a mapping")
+        for name, value in fields.items():
+            _set(cfg, f"{section}.{name}", value, source)
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: Iterable[str], *, source: str = "command line"
+                    ) -> Config:
+    """Apply ``section.field=value`` strings (values parsed as YAML)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{source}: override {item!r} must look like section.field=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: cannot parse the value of {key!r}: {exc}") from exc
+        if isinstance(value, str) and value.lower() in ("none", "null", "~"):
+            value = None
+        _set(cfg, key.strip(), value, source)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
+    """Read a YAML recipe (or the defaults when ``path`` is None), then apply overrides."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        cfg = config_from_dict(data, source=str(path), base=cfg)
+    apply_overrides(cfg, overrides)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks with clear messages."""
+    if cfg.model.arch not in ("levelset_rcnn", "mask_rcnn"):
+        raise ConfigError(f"model.arch must be levelset_rcnn or mask_rcnn, got "
+                          f"{cfg.model.arch!r}")
+    if len(cfg.model.loss_weights) != 2:
+        raise ConfigError("model.loss_weights must be two numbers (w_0, w_N)")
+    if cfg.solver.max_iter < 0 or cfg.solver.ims_per_batch < 1:
+        raise ConfigError("solver.max_iter must be >= 0 and solver.ims_per_batch >= 1")
+    if list(cfg.solver.steps) != sorted(cfg.solver.steps):
+        raise ConfigError(f"solver.steps must increase, got {cfg.solver.steps}")
+    if cfg.train.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"train.device must be auto, cpu or cuda, got {cfg.train.device!r}")
+    if cfg.train.checkpoint_period < 1:
+        raise ConfigError("train.checkpoint_period must be >= 1")
