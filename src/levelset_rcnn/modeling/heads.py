@@ -19,7 +19,10 @@ added cost small (the overhead target is 1.10x Mask R-CNN at inference):
 * :class:`ChanVeseFeatureHead`: ``ConvTranspose 2x2/2 (256 -> 64) -> ReLU -> 1x1 conv
   (64 -> C)`` at 28x28, then bilinear upsampling to 112x112. All convolutions run at 14x14 or
   28x28; the 112x112 map is made by interpolation only, because a single 3x3 conv of 64
-  channels at 112x112 costs ~0.9 GFLOP per RoI, as much as the whole mask trunk.
+  channels at 112x112 costs ~0.9 GFLOP per RoI, as much as the whole mask trunk. By default
+  the RoI heads do not even materialise the 112x112 map: :class:`.upsampled_cv.
+  UpsampledChanVese` runs the Chan-Vese steps on the 28x28 map and the (exact, linear)
+  bilinear upsampling operator, with the same result.
 """
 
 from __future__ import annotations
@@ -188,8 +191,12 @@ class ChanVeseFeatureHead(nn.Module):
         nn.init.normal_(self.project.weight, std=1.0 / math.sqrt(hidden_channels * out_channels))
         nn.init.zeros_(self.project.bias)
 
+    def low_res(self, x: Tensor) -> Tensor:
+        """The features before the final upsampling: ``(R, C, 2S, 2S)``."""
+        return self.project(F.relu(self.upsample(x)))
+
     def forward(self, x: Tensor) -> Tensor:
-        f = self.project(F.relu(self.upsample(x)))
+        f = self.low_res(x)
         if f.shape[-1] != self.out_size or f.shape[-2] != self.out_size:
             f = F.interpolate(f, size=(self.out_size, self.out_size), mode="bilinear",
                               align_corners=False)

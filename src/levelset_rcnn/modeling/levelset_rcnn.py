@@ -92,6 +92,8 @@ class LevelSetRCNN(MaskRCNN):
         detach_phi0: Table 4 ablation.
         return_tsdf: add ``tsdf`` / ``tsdf_init`` to inference results.
         return_contours: add ``contours`` (costs CPU time: marching squares per instance).
+        cv_upsampling: ``"implicit"`` (default: Chan-Vese on the 28x28 features and the exact
+            bilinear operator, never making the 112x112 map) or ``"explicit"``.
         **kwargs: torchvision ``FasterRCNN`` arguments (``min_size``, ``max_size``, RPN and box
             settings, ``mask_roi_pool`` is accepted too).
     """
@@ -117,6 +119,7 @@ class LevelSetRCNN(MaskRCNN):
         detach_phi0: bool = False,
         return_tsdf: bool = False,
         return_contours: bool = False,
+        cv_upsampling: str = "implicit",
         mask_roi_pool: MultiScaleRoIAlign | None = None,
         **kwargs: Any,
     ) -> None:
@@ -159,7 +162,8 @@ class LevelSetRCNN(MaskRCNN):
             old.box_coder.weights, old.score_thresh, old.nms_thresh, old.detections_per_img,
             mask_roi_pool=mask_roi_pool, mask_head=trunk, mask_head_type=mask_head_type,
             num_steps=num_steps, resolution=resolution, truncation=truncation,
-            loss_weights=loss_weights, detach_phi0=detach_phi0, **heads,
+            loss_weights=loss_weights, detach_phi0=detach_phi0, cv_upsampling=cv_upsampling,
+            **heads,
         )
         self.mask_head_type = mask_head_type
         self.return_tsdf = return_tsdf

@@ -12,6 +12,11 @@ Mask branch, for the positive RoIs (training) or the detections (inference)::
     F      = feature_head(x)                           # (R, C, 112, 112)
     phi_N  = ChanVese(phi_0 (or phi_0.detach()), F, hp)
 
+With ``cv_upsampling="implicit"`` (default) the last two lines are evaluated without making
+``F``: :class:`.upsampled_cv.UpsampledChanVese` works on the feature head's 28x28 map and the
+bilinear upsampling operator (same result to float round-off, several times cheaper);
+``"explicit"`` makes ``F`` and runs :class:`levelset_rcnn.levelset.ChanVese` on it.
+
 ``mask_head_type`` selects the paper's variants with one code path:
 
 * ``"levelset"``: the full model; losses ``loss_tsdf_init`` (weight ``w_0``) on ``phi_0`` and
@@ -34,6 +39,7 @@ from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from ..levelset import ChanVese, heaviside
 from .heads import HyperParameters
 from .losses import LOSS_EPS, levelset_targets, tsdf_loss
+from .upsampled_cv import UpsampledChanVese
 
 __all__ = ["DEFAULT_TRUNCATION", "LevelSetRoIHeads", "MaskHeadType"]
 
@@ -67,6 +73,7 @@ class LevelSetRoIHeads(RoIHeads):
         detach_phi0: Table 4 ablation: ``phi_N``'s loss does not reach the TSDF head.
         return_tsdf: add ``tsdf`` (``phi_N``) and ``tsdf_init`` (``phi_0``), ``(K, 1, M, M)``
             in RoI coordinates, to each inference result.
+        cv_upsampling: ``"implicit"`` or ``"explicit"`` (see the module docstring).
     """
 
     def __init__(
@@ -96,6 +103,7 @@ class LevelSetRoIHeads(RoIHeads):
         loss_weights: tuple[float, float] = (1.0, 5.0),
         detach_phi0: bool = False,
         return_tsdf: bool = False,
+        cv_upsampling: str = "implicit",
     ) -> None:
         super().__init__(
             box_roi_pool, box_head, box_predictor, fg_iou_thresh, bg_iou_thresh,
@@ -117,7 +125,11 @@ class LevelSetRoIHeads(RoIHeads):
         self.tsdf_predictor = tsdf_predictor
         self.hyper_head = hyper_head
         self.feature_head = feature_head
-        self.chan_vese = ChanVese(num_steps)
+        if cv_upsampling not in ("implicit", "explicit"):
+            raise ValueError(f"cv_upsampling must be implicit or explicit, got {cv_upsampling!r}")
+        self.cv_upsampling = cv_upsampling
+        self.chan_vese = (UpsampledChanVese(num_steps) if cv_upsampling == "implicit"
+                          else ChanVese(num_steps))
         self.num_steps = num_steps
         self.resolution = resolution
         self.truncation = float(truncation)
@@ -151,7 +163,10 @@ class LevelSetRoIHeads(RoIHeads):
         assert self.hyper_head is not None and self.feature_head is not None
         raw = self.hyper_head(x)
         hp = HyperParameters.from_raw(raw, self.num_steps)
-        features = self.feature_head(x)
+        if self.cv_upsampling == "implicit":
+            features = self.feature_head.low_res(x)  # (R, C, 28, 28), upsampled implicitly
+        else:
+            features = self.feature_head(x)
         start = phi0.detach() if self.detach_phi0 else phi0
         out["phiN"] = self.chan_vese(
             start, features, lambda1=hp.lambda1, lambda2=hp.lambda2, mu=hp.mu, eps=hp.eps,
