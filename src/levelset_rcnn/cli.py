@@ -15,7 +15,8 @@ from collections.abc import Sequence
 __all__ = ["main", "build_parser"]
 
 # Modules that define ``register(subparsers)``. Imported lazily so ``--help`` stays fast.
-_COMMANDS: tuple[str, ...] = ("levelset_rcnn.commands.demo", "levelset_rcnn.commands.convert")
+_COMMANDS: tuple[str, ...] = tuple(f"levelset_rcnn.commands.{c}" for c in (
+    "train", "eval", "predict", "demo", "convert"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,112 @@
+"""Inference and COCO evaluation loops (phi_0 and phi_N side by side)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+from tqdm import tqdm
+
+from ..evaluation import COCOEvaluator
+from ..levelset import heaviside
+from ..modeling import LOSS_EPS
+from .distributed import is_main_process
+
+__all__ = ["add_phi0_masks", "evaluate_model", "has_phi0", "make_evaluator", "metrics_table",
+           "predict_batch", "unwrap"]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a ``DistributedDataParallel`` wrapper."""
+    return getattr(model, "module", model)
+
+
+def has_phi0(model: nn.Module) -> bool:
+    """Whether the model refines an initial TSDF (``mask_head_type == "levelset"``)."""
+    return getattr(unwrap(model), "mask_head_type", "binary") == "levelset"
+
+
+def add_phi0_masks(output: dict[str, Any]) -> dict[str, Any]:
+    """Add ``masks_phi0``: ``H_0.1(phi_0)`` pasted into the image exactly as ``masks`` is.
+
+    Needs ``tsdf_init: (K, 1, M, M)`` (the model's ``return_tsdf``); boxes are in original
+    image coordinates, the image size is read from ``masks: (K, 1, H, W)``.
+    """
+    h, w = output["masks"].shape[-2:]
+    phi0: Tensor = output["tsdf_init"]
+    probs = heaviside(phi0.float(), LOSS_EPS)
+    if len(probs):
+        output["masks_phi0"] = paste_masks_in_image(probs, output["boxes"], (h, w))
+    else:
+        output["masks_phi0"] = output["masks"].new_zeros((0, 1, h, w))
+    return output
+
+
+@torch.inference_mode()
+def predict_batch(model: nn.Module, images: Iterable[Tensor], device: torch.device, *,
+                  phi0: bool = False, contours: bool = False) -> list[dict[str, Any]]:
+    """Run the model in eval mode on a list of ``(3, H, W)`` images; results on the CPU."""
+    m = unwrap(model)
+    was_training = m.training
+    m.eval()
+    level = has_phi0(m)
+    old = (getattr(m, "return_tsdf", False), getattr(m, "return_contours", False))
+    if level:
+        m.return_tsdf = phi0 or old[0]
+        m.return_contours = contours or old[1]
+    try:
+        outs = m([img.to(device) for img in images])
+    finally:
+        if level:
+            m.return_tsdf, m.return_contours = old
+        m.train(was_training)
+    results = []
+    for o in outs:
+        o = {k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in o.items()}
+        if level and phi0:
+            add_phi0_masks(o)
+        results.append(o)
+    return results
+
+
+def evaluate_model(model: nn.Module, loader: Iterable, evaluator: COCOEvaluator,
+                   device: torch.device, *, progress: bool = True) -> dict[str, Any]:
+    """Run ``model`` over ``loader`` (batches of ``(images, targets)``) and evaluate.
+
+    Under DDP each rank sees its share of the images; :meth:`COCOEvaluator.evaluate`
+    gathers them (results on rank 0).
+    """
+    evaluator.reset()
+    want_phi0 = "masks_phi0" in evaluator.mask_keys
+    bar = tqdm(loader, desc="eval", unit="img", disable=not (progress and is_main_process()),
+               dynamic_ncols=True)
+    for images, targets in bar:
+        outs = predict_batch(model, images, device, phi0=want_phi0)
+        evaluator.process(targets, outs)
+    return evaluator.evaluate()
+
+
+def make_evaluator(dataset: Any, model: nn.Module, *, boundary: bool = True,
+                   mask_threshold: float = 0.5, max_dets: int = 100) -> COCOEvaluator:
+    """A :class:`COCOEvaluator` for ``dataset`` with ``masks`` (phi_N / Mask R-CNN) and, for
+    LevelSet R-CNN, ``masks_phi0``."""
+    from .data import base_dataset
+
+    base = base_dataset(dataset)
+    keys = ("masks", "masks_phi0") if has_phi0(model) else ("masks",)
+    return COCOEvaluator(base.coco, label_to_cat_id=base.label_to_cat_id, mask_keys=keys,
+                         boundary=boundary, mask_threshold=mask_threshold, max_dets=max_dets)
+
+
+def metrics_table(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """``{"phiN"|"maskrcnn": {...}, "phi0": {...}}`` rows of mask AP / AP50 / AP75 / AF1 / AF2,
+    plus box AP, from :meth:`COCOEvaluator.evaluate`'s dict."""
+    rows = {}
+    for key, name in (("segm/masks", "masks"), ("segm/masks_phi0", "masks_phi0")):
+        if key in results:
+            r = results[key]
+            rows[name] = {k: float(r[k]) for k in ("AP", "AP50", "AP75", "AF1", "AF2") if k in r}
+    return rows
