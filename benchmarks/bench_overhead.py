@@ -12,7 +12,7 @@ identical detections. Measured, interleaved in one run:
 
 Ratios are LevelSet R-CNN time over Mask R-CNN time (medians). Usage::
 
-    python benchmarks/bench_overhead.py [--device cpu|cuda] [--repeats 3] [--json out.json]
+    python benchmarks/bench_overhead.py [--device cpu|cuda] [--repeats 5] [--json out.json]
 """
 
 from __future__ import annotations
@@ -68,6 +68,35 @@ def make_targets(batch: int, objects: int, H: int, W: int, device: torch.device,
     return targets
 
 
+def add_jittered_proposals(model: nn.Module, targets: list[dict[str, torch.Tensor]], k: int,
+                           gen: torch.Generator) -> None:
+    """Append ``k`` jittered copies of the ground-truth boxes to the RPN's proposals of each
+    image, as a trained RPN would make: without them a randomly initialised RPN gives few
+    positive RoIs and the mask branch would be measured on an unrealistically small batch.
+    The same boxes go to both models (images are 512x1024 = the transform's size, so target
+    coordinates are the RPN's coordinates)."""
+    extra = []
+    for t in targets:
+        b = t["boxes"]
+        idx = torch.randint(0, b.shape[0], (k,), generator=gen)
+        wh = (b[idx, 2:] - b[idx, :2]).repeat(1, 2)
+        extra.append(b[idx] + 0.08 * wh * (2 * torch.rand(k, 4, generator=gen) - 1))
+    rpn_forward = model.rpn.forward
+
+    def forward(images, features, targets=None):  # type: ignore[no-untyped-def]
+        boxes, losses = rpn_forward(images, features, targets)
+        if model.training:
+            boxes = [torch.cat([p, e.to(p)]) for p, e in zip(boxes, extra, strict=True)]
+        return boxes, losses
+
+    model.rpn.forward = forward
+
+
+def order(models: dict[str, nn.Module], i: int) -> list[tuple[str, nn.Module]]:
+    items = list(models.items())
+    return items if i % 2 == 0 else items[::-1]
+
+
 def build(kind: str, num_classes: int, device: torch.device) -> nn.Module:
     kw = dict(backbone="resnet50", weights_backbone=None, num_classes=num_classes,
               min_size=512, max_size=1024, box_score_thresh=0.0)
@@ -78,13 +107,17 @@ def build(kind: str, num_classes: int, device: torch.device) -> nn.Module:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5, help="timed eval runs per model")
+    ap.add_argument("--train-repeats", type=int, default=3, help="timed training steps")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2, help="torch threads on the CPU")
     ap.add_argument("--num-classes", type=int, default=9, help="9 = Cityscapes + background")
     ap.add_argument("--height", type=int, default=512)
     ap.add_argument("--width", type=int, default=1024)
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--jitter-proposals", type=int, default=200,
+                    help="jittered ground-truth boxes added to the proposals per training image "
+                    "(a trained RPN's positives); 0 = the random RPN's proposals only")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -109,6 +142,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda"
         else f"cpu ({platform.processor() or platform.machine()}, {args.threads} threads)",
         "torch": torch.__version__, "input": [H, W], "repeats": args.repeats,
+        "train_repeats": args.train_repeats,
         "num_classes": args.num_classes,
     }
 
@@ -121,7 +155,8 @@ def main() -> None:
             m.roi_heads.detections_per_img = dets
         with torch.inference_mode():
             for i in range(args.warmup + args.repeats):
-                for n, m in models.items():  # interleaved: drifts in load hit both
+                # Interleaved, alternating order (ABBA): drifts in load hit both models.
+                for n, m in order(models, i):
                     out: list[dict[str, torch.Tensor]] = []
                     t = timed(lambda m=m, out=out: out.extend(m(image)), device)
                     counts[n] = int(out[0]["boxes"].shape[0])
@@ -139,6 +174,11 @@ def main() -> None:
     if not args.skip_train:
         images = [torch.rand(3, H, W, generator=gen).to(device) for _ in range(2)]
         targets = make_targets(2, 10, H, W, device, gen)
+        if args.jitter_proposals:
+            state = gen.get_state()
+            for m in models.values():
+                gen.set_state(state)  # identical extra proposals for both models
+                add_jittered_proposals(m, targets, args.jitter_proposals, gen)
         times = {n: [] for n in models}
         opts = {n: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9)
                 for n, m in models.items()}
@@ -152,8 +192,8 @@ def main() -> None:
             opt.step()
 
         pos = {}
-        for i in range(args.warmup + args.repeats):
-            for n, m in models.items():
+        for i in range(args.warmup + args.train_repeats):
+            for n, m in order(models, i):
                 t = timed(lambda m=m, n=n: step(m, opts[n]), device)
                 pos[n] = rois.get(n)
                 if i >= args.warmup:
@@ -167,7 +207,8 @@ def main() -> None:
                      math.nan))
 
     print(f"device: {results['device']}, torch {results['torch']}, input {H}x{W}, "
-          f"median of {args.repeats} after {args.warmup} warmup")
+          f"median of {args.repeats} (eval) / {args.train_repeats} (train) after "
+          f"{args.warmup} warmup")
     print(f"{'model':<16} {'setting':<26} {'median (ms)':>12} {'ratio':>7}")
     for model, setting, t, r, _ in rows:
         print(f"{model:<16} {setting:<26} {1000 * t:>12.1f} {r:>7.3f}")

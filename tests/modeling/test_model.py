@@ -96,10 +96,12 @@ def test_output_contract_equals_torchvision_maskrcnn():
 def test_extras_tsdf_and_contours():
     model = tiny_model(return_tsdf=True, return_contours=True).eval()
     model.roi_heads.score_thresh = 0.0
-    images = [torch.rand(3, 96, 64)]
+    images = [torch.rand(3, 48, 32)]  # resized 2x by the transform: results in 48x32 coords
     with torch.no_grad():
         r = model(images)[0]
     K = r["boxes"].shape[0]
+    assert K > 0 and r["masks"].shape == (K, 1, 48, 32)
+    assert r["boxes"][:, 2].max() <= 32 and r["boxes"][:, 3].max() <= 48
     assert r["tsdf"].shape == r["tsdf_init"].shape == (K, 1, 112, 112)
     assert r["tsdf_init"].abs().max() <= 1
     assert len(r["contours"]) == K
@@ -180,6 +182,17 @@ def test_global_hyperparameters_are_learned():
     images, targets = batch((2,))
     model(images, targets)["loss_tsdf_final"].backward()
     assert model.roi_heads.hyper_head.logits.grad.abs().sum() > 0
+
+
+def test_custom_submodules_are_used():
+    from levelset_rcnn.modeling import GlobalHyperParameters, TSDFPredictor
+
+    tsdf = TSDFPredictor(32, 4, hidden_channels=8, class_agnostic=True)
+    hyper = GlobalHyperParameters(3, init={"dt": 0.3})
+    model = tiny_model(tsdf_predictor=tsdf, hyper_head=hyper)
+    assert model.roi_heads.tsdf_predictor is tsdf and model.roi_heads.hyper_head is hyper
+    images, targets = batch((2,))
+    sum(model.train()(images, targets).values()).backward()
 
 
 def test_mask_rcnn_baseline_builder():

@@ -94,8 +94,12 @@ class LevelSetRCNN(MaskRCNN):
         return_contours: add ``contours`` (costs CPU time: marching squares per instance).
         cv_upsampling: ``"implicit"`` (default: Chan-Vese on the 28x28 features and the exact
             bilinear operator, never making the 112x112 map) or ``"explicit"``.
+        mask_roi_pool, mask_head, tsdf_predictor, hyper_head, feature_head, mask_predictor:
+            custom sub-modules (``None``: the defaults of :mod:`.heads` built from the
+            arguments above). ``mask_head`` must keep the 14x14 size and output
+            ``mask_layers[-1]`` channels.
         **kwargs: torchvision ``FasterRCNN`` arguments (``min_size``, ``max_size``, RPN and box
-            settings, ``mask_roi_pool`` is accepted too).
+            settings).
     """
 
     def __init__(
@@ -121,6 +125,11 @@ class LevelSetRCNN(MaskRCNN):
         return_contours: bool = False,
         cv_upsampling: str = "implicit",
         mask_roi_pool: MultiScaleRoIAlign | None = None,
+        mask_head: nn.Module | None = None,
+        tsdf_predictor: nn.Module | None = None,
+        hyper_head: nn.Module | None = None,
+        feature_head: nn.Module | None = None,
+        mask_predictor: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
         # MaskRCNN.__init__ would build its own 28x28 predictor; build the box branch only.
@@ -134,24 +143,24 @@ class LevelSetRCNN(MaskRCNN):
         if mask_roi_pool is None:
             mask_roi_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=14,
                                                sampling_ratio=2)
-        trunk = MaskRCNNHeads(backbone.out_channels, list(mask_layers), 1)
+        trunk = mask_head or MaskRCNNHeads(backbone.out_channels, list(mask_layers), 1)
         t_ch = mask_layers[-1]
         heads: dict[str, nn.Module | None] = {}
         if mask_head_type == "binary":
-            heads["mask_predictor"] = (
+            heads["mask_predictor"] = mask_predictor or (
                 MaskRCNNPredictor(t_ch, predictor_channels, n_cls) if mask_resolution == 28
                 else HighResMaskPredictor(t_ch, n_cls, hidden_channels=predictor_channels)
             )
         else:
-            heads["tsdf_predictor"] = TSDFPredictor(
+            heads["tsdf_predictor"] = tsdf_predictor or TSDFPredictor(
                 t_ch, n_cls, hidden_channels=predictor_channels, class_agnostic=class_agnostic
             )
         if mask_head_type == "levelset":
-            heads["hyper_head"] = (
+            heads["hyper_head"] = hyper_head or (
                 HyperParameterHead(t_ch, num_steps, init=hyper_init) if hyperparams == "head"
                 else GlobalHyperParameters(num_steps, init=hyper_init)
             )
-            heads["feature_head"] = ChanVeseFeatureHead(
+            heads["feature_head"] = feature_head or ChanVeseFeatureHead(
                 t_ch, out_channels=cv_channels, hidden_channels=cv_hidden_channels,
                 out_size=resolution,
             )
