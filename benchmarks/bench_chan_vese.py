@@ -32,8 +32,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for tests.levelset.reference, the baseline formula
 
-from levelset_rcnn.levelset import chan_vese, chan_vese_evolve  # noqa: E402
 from tests.levelset.reference import ref_chan_vese  # noqa: E402
+
+from levelset_rcnn.levelset import chan_vese, chan_vese_evolve  # noqa: E402
 
 
 def make_inputs(R: int, C: int, M: int, N: int, device: str, seed: int = 0):
@@ -66,6 +67,22 @@ def timeit(fn: Callable[[], object], device: str, repeats: int) -> float:
         _sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def time_pair(fn_a: Callable[[], object], fn_b: Callable[[], object], device: str,
+              repeats: int) -> tuple[float, float]:
+    """Median times of two functions measured alternately (a, b, a, b, ...), so that a change
+    in the machine's load during the run affects both alike."""
+    fn_a(), fn_b()
+    _sync(device)
+    ta, tb = [], []
+    for _ in range(repeats):
+        for fn, acc in ((fn_a, ta), (fn_b, tb)):
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            acc.append(time.perf_counter() - start)
+    return statistics.median(ta), statistics.median(tb)
 
 
 def _impl(name: str):
@@ -154,8 +171,7 @@ def bench_classic(args) -> dict:
             # tol=0: run exactly `iters` iterations, like ours
             sk_chan_vese(im.astype(np.float64), tol=0.0, max_num_iter=iters)
 
-    t_ours = timeit(ours, args.device, args.repeats)
-    t_sk = timeit(skimage_all, "cpu", 1)
+    t_sk, t_ours = time_pair(skimage_all, ours, args.device, max(1, args.repeats // 2))
     return {"classic_images": B, "classic_size": S, "classic_iters": iters,
             "classic_ours_s": t_ours, "classic_skimage_s": t_sk,
             "classic_ours_img_per_s": B / t_ours, "classic_skimage_img_per_s": B / t_sk,
@@ -190,20 +206,22 @@ def main(argv=None) -> int:
                  dev.startswith("cuda") else platform.processor() or platform.machine(),
                  "threads": args.threads, "torch": torch.__version__,
                  "R": R, "C": C, "M": M, "N": N, "feature_bytes": f_bytes}
-    rows = []
-    for name, impl in (("reference", ref_chan_vese), ("ours", chan_vese_evolve)):
-        res[f"{name}_forward_s"] = timeit(forward_fn(impl, phi0, feats, hp, grad=False), dev,
-                                          args.repeats)
-        res[f"{name}_forward_train_s"] = timeit(forward_fn(impl, phi0, feats, hp, grad=True),
-                                                dev, args.repeats)
-        res[f"{name}_forward_backward_s"] = timeit(train_fn(impl, phi0, feats, hp), dev,
-                                                   args.repeats)
+    for key, make in (
+        ("forward", lambda impl: forward_fn(impl, phi0, feats, hp, grad=False)),
+        ("forward_train", lambda impl: forward_fn(impl, phi0, feats, hp, grad=True)),
+        ("forward_backward", lambda impl: train_fn(impl, phi0, feats, hp)),
+    ):
+        res[f"reference_{key}_s"], res[f"ours_{key}_s"] = time_pair(
+            make(ref_chan_vese), make(chan_vese_evolve), dev, args.repeats
+        )
     for key in ("forward", "forward_train", "forward_backward"):
         res[f"{key}_speedup"] = res[f"reference_{key}_s"] / res[f"ours_{key}_s"]
 
     # Traffic model: a step must read F at least twice (F^T H, then F.w); the forward also
     # reads it once for sum(F) and ||F - m||^2. Compare with a plain copy of F.
-    copy_s = timeit(lambda: feats.clone(), dev, args.repeats)
+    dst = torch.empty_like(feats)
+    dst.copy_(feats)  # touch the pages once: measure bandwidth, not page faults
+    copy_s = timeit(lambda: dst.copy_(feats), dev, args.repeats)
     res["copy_bandwidth_gbs"] = 2 * f_bytes / copy_s / 1e9
     res["forward_min_bytes"] = (2 * N + 1) * f_bytes
     res["forward_achieved_gbs"] = res["forward_min_bytes"] / res["ours_forward_s"] / 1e9

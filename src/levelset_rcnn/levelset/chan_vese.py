@@ -65,6 +65,24 @@ def _roi_chunks(R: int, P: int, device: torch.device) -> list[slice]:
     return [slice(i, min(i + size, R)) for i in range(0, R, max(size, 1))]
 
 
+def _project(Ff: Tensor, x: Tensor) -> Tensor:
+    """``sum_p F[r, c, p] x[r, p]``: ``(R, C)``. A batched matrix-vector product; for a few
+    channels (classic mode) a fused multiply-sum is several times faster than ``bmm``."""
+    if Ff.shape[1] <= _FEW_CHANNELS:
+        return (Ff * x.unsqueeze(1)).sum(-1)
+    return torch.bmm(Ff, x.unsqueeze(-1)).squeeze(-1)
+
+
+def _contract(Ff: Tensor, w: Tensor) -> Tensor:
+    """``sum_c F[r, c, p] w[r, c]``: ``(R, P)``."""
+    if Ff.shape[1] <= _FEW_CHANNELS:
+        return (Ff * w.unsqueeze(-1)).sum(1)
+    return torch.bmm(w.unsqueeze(1), Ff).squeeze(1)
+
+
+_FEW_CHANNELS = 4
+
+
 def _centred_sq_norm(Ff: Tensor, m: Tensor) -> Tensor:
     """``||F - m||^2`` over channels: ``(R, P)``. On the CPU one RoI at a time, so the
     temporary ``F - m`` is cache-sized (a chunk-sized temporary costs ten times more, mostly
@@ -109,12 +127,12 @@ def _forward_chunk(
         e = eps[:, n : n + 1]
         H, d = _step_terms(phi, e)
         a = H.sum(-1)  # inside area (R,)
-        fH = torch.bmm(Ff, H.unsqueeze(-1)).squeeze(-1)  # sum_x F H: (R, C)
+        fH = _project(Ff, H)  # sum_x F H: (R, C)
         c1 = fH / (a + REGION_KAPPA).unsqueeze(-1)
         c2 = (sF - fH) / (P - a + REGION_KAPPA).unsqueeze(-1)
         c1m, c2m = c1 - m, c2 - m
         w = l1 * c1m - l2 * c2m  # (R, C)
-        Fw = torch.bmm(w.unsqueeze(1), Ff).squeeze(1) - (w * m).sum(-1, keepdim=True)
+        Fw = _contract(Ff, w) - (w * m).sum(-1, keepdim=True)
         const = l2 * c2m.square().sum(-1, keepdim=True) - l1 * c1m.square().sum(-1, keepdim=True)
         D = (l2 - l1) * q + 2.0 * Fw + const  # -l1||F-c1||^2 + l2||F-c2||^2
         K = curvature(phi.view(R, 1, height, width), eta).view(R, P)
@@ -195,7 +213,7 @@ def _backward_chunk(
         g_l1 -= gVq + s.squeeze(-1) * c1m.square().sum(-1)
         g_q += (l2 - l1) * gV
         gy = 2.0 * gV
-        g_w = torch.bmm(Ff, gy.unsqueeze(-1)).squeeze(-1) - m * gy.sum(-1, keepdim=True)
+        g_w = _project(Ff, gy) - m * gy.sum(-1, keepdim=True)
         g_c1 = -2.0 * l1 * s * c1m
         g_c2 = 2.0 * l2 * s * c2m
         # w = l1 (c1 - m) - l2 (c2 - m)
@@ -209,7 +227,7 @@ def _backward_chunk(
         g_fH = g_c1 * ia - g_c2 * ib
         g_sF += g_c2 * ib
         g_a = -(g_c1 * c1).sum(-1, keepdim=True) * ia + (g_c2 * c2).sum(-1, keepdim=True) * ib
-        gH = torch.bmm(g_fH.unsqueeze(1), Ff).squeeze(1) + g_a
+        gH = _contract(Ff, g_fH) + g_a
         g_phi = g_phi + gH * (d / e)
         g_e = g_e - (gH * (d * u / e)).sum(-1)
         g_eps[:, n] = g_e

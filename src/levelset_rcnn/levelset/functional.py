@@ -67,16 +67,18 @@ def _check_batch(phi: Tensor) -> None:
         raise ValueError(f"expected phi of shape (R, 1, H, W), got {tuple(phi.shape)}")
 
 
-def _sobel_x(phi: Tensor) -> Tensor:
+def _sobel_x8(phi: Tensor) -> Tensor:
+    """Eight times the Sobel x-derivative (the 1/8 is applied by the callers, once)."""
     p = F.pad(phi, (1, 1, 1, 1), mode="replicate")
-    rows = p[:, :, :-2, :] + 2.0 * p[:, :, 1:-1, :] + p[:, :, 2:, :]  # (R, 1, H, W + 2)
-    return (rows[..., 2:] - rows[..., :-2]) * 0.125
+    rows = torch.add(p[:, :, :-2, :], p[:, :, 2:, :]).add_(p[:, :, 1:-1, :], alpha=2.0)
+    return rows[..., 2:] - rows[..., :-2]
 
 
-def _sobel_y(phi: Tensor) -> Tensor:
+def _sobel_y8(phi: Tensor) -> Tensor:
+    """Eight times the Sobel y-derivative."""
     p = F.pad(phi, (1, 1, 1, 1), mode="replicate")
-    cols = p[..., :-2] + 2.0 * p[..., 1:-1] + p[..., 2:]  # (R, 1, H + 2, W)
-    return (cols[:, :, 2:, :] - cols[:, :, :-2, :]) * 0.125
+    cols = torch.add(p[..., :-2], p[..., 2:]).add_(p[..., 1:-1], alpha=2.0)
+    return cols[:, :, 2:, :] - cols[:, :, :-2, :]
 
 
 def sobel(phi: Tensor) -> tuple[Tensor, Tensor]:
@@ -88,7 +90,7 @@ def sobel(phi: Tensor) -> tuple[Tensor, Tensor]:
     several times faster than a 1-channel ``conv2d``.
     """
     _check_batch(phi)
-    return _sobel_x(phi), _sobel_y(phi)
+    return _sobel_x8(phi) * 0.125, _sobel_y8(phi) * 0.125
 
 
 def curvature(phi: Tensor, eta: float = CURVATURE_ETA) -> Tensor:
@@ -97,6 +99,9 @@ def curvature(phi: Tensor, eta: float = CURVATURE_ETA) -> Tensor:
     Both the gradient and the divergence use :func:`sobel`; ``|grad phi|`` is regularised as
     ``sqrt(|grad phi|^2 + eta^2)``. Returns ``(R, 1, H, W)``, same dtype as ``phi``.
     """
-    gx, gy = sobel(phi)
-    inv_norm = torch.rsqrt(gx * gx + gy * gy + eta * eta)
-    return _sobel_x(gx * inv_norm) + _sobel_y(gy * inv_norm)
+    _check_batch(phi)
+    # With gradients kept at 8x scale, n = g / sqrt(g^2 + (8 eta)^2) is unchanged, and the
+    # divergence's 1/8 is applied once at the end: fewer passes over the maps.
+    gx, gy = _sobel_x8(phi), _sobel_y8(phi)
+    inv_norm = torch.rsqrt(gx * gx + gy * gy + 64.0 * eta * eta)
+    return (_sobel_x8(gx * inv_norm) + _sobel_y8(gy * inv_norm)).mul_(0.125)
