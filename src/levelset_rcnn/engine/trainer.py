@@ -79,6 +79,7 @@ class Trainer:
         self.progress = progress
         self.history: list[dict[str, float]] = []
         self.last_checkpoint: Path | None = None
+        self.eval_time = 0.0
 
         _seed_all(cfg.train.seed)  # identical initial weights on every rank
         # Rank 0 makes any synthetic data first; the others then read it.
@@ -141,8 +142,21 @@ class Trainer:
         if du.is_main_process():
             print(f"resumed from {path} at iteration {self.start_iter}")
 
+    def _sync_buffers(self) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) to every rank.
+
+        DDP broadcasts them at the start of each forward, so this is what the next iteration
+        would see anyway; doing it before a checkpoint or at the end leaves one state on all
+        ranks. (Trainable BatchNorm only occurs without pretrained weights; with them the
+        backbone uses frozen statistics.)
+        """
+        if self.distributed:
+            for buf in unwrap(self.model).buffers():
+                dist.broadcast(buf, src=0)
+
     def save(self, iteration: int) -> Path | None:
         """Write ``checkpoint_last.pth`` (all ranks join to gather their RNG states)."""
+        self._sync_buffers()
         states = _gather_objects(rng_state())
         path = self.output_dir / LAST_CHECKPOINT
         if du.is_main_process():
@@ -183,9 +197,9 @@ class Trainer:
                    disable=not (self.progress and main), dynamic_ncols=True)
         log_file = (self.output_dir / "metrics.jsonl").open("a") if main else None
         metrics: dict[str, Any] = {}
+        t_log, it_log = time.perf_counter(), self.start_iter
         try:
             for iteration in range(self.start_iter, max_iter):
-                t0 = time.perf_counter()
                 losses = self.step(iteration, next(stream))
                 self.history.append({"iteration": iteration, **losses})
                 done = iteration + 1
@@ -194,19 +208,24 @@ class Trainer:
                     bar.set_postfix(loss=f"{losses['loss']:.3f}",
                                     lr=f"{losses['lr']:.2g}", refresh=False)
                 if done % cfg.train.log_period == 0 or done == max_iter:
-                    self._log(done, losses, time.perf_counter() - t0, log_file)
+                    now = time.perf_counter()
+                    self._log(done, losses, (now - t_log) / max(1, done - it_log), log_file)
+                    t_log, it_log = now, done
                 if done % cfg.train.checkpoint_period == 0 or done == max_iter:
                     self.save(done)
                 if (cfg.train.eval_period and done % cfg.train.eval_period == 0
                         and done != max_iter):
                     self._evaluate(done, log_file)
+            self._sync_buffers()
             if main:
                 bar.close()
                 save_checkpoint(self.output_dir / FINAL_MODEL, {
                     "model": unwrap(self.model).state_dict(), "config": cfg.to_dict(),
                     "meta": self.meta, "iteration": max_iter})
             if cfg.train.eval_at_end and "val" in self.datasets:
+                t_eval = time.perf_counter()
                 metrics = self._evaluate(max_iter, log_file)
+                self.eval_time = time.perf_counter() - t_eval
         finally:
             bar.close()
             if log_file:
