@@ -96,3 +96,19 @@ def test_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["demo", "--output", str(tmp_path / "other")]) == 1
     assert "not empty" in capsys.readouterr().err
     assert (tmp_path / "other" / "keep.txt").read_text() == "mine"
+
+
+def test_demo_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    args = ["demo", "--output", str(out), "--max-iter", "3", "--train-images", "4",
+            "--val-images", "2", "--no-progress"]
+    assert main(args) == 0
+    report = (out / "report.md").read_text()
+    assert "| LevelSet R-CNN, phi_0 (initial) |" in report
+    assert "| LevelSet R-CNN, phi_N (final) |" in report
+    for name in ("losses.png", "demo_results.json", "train/model_final.pth"):
+        assert (out / name).is_file(), name
+    assert len(list((out / "predictions" / "overlays").glob("*.png"))) == 2
+    summary = json.loads((out / "demo_results.json").read_text())
+    assert {"masks", "masks_phi0"} == set(summary["table"])
+    assert main(args) == 0  # a previous demo output is replaced without --overwrite

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..data import (
     CocoInstanceDataset,
     Compose,
@@ -137,8 +137,8 @@ def build_datasets(cfg: Config, *, splits: tuple[str, ...] = ("train", "val")
     out: dict[str, Dataset] = {}
     for split in splits:
         if split not in paths:
-            raise ValueError(f"no {split} dataset configured: set data.{split}_ann and "
-                             f"data.{split}_images (or data.synthetic=true)")
+            raise ConfigError(f"no {split} dataset configured: set data.{split}_ann and "
+                              f"data.{split}_images (or data.synthetic=true)")
         images, ann = paths[split]
         if split == "train":
             tf = Compose([RandomHorizontalFlip(cfg.data.hflip_prob)]) \
