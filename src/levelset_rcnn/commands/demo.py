@@ -42,9 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="The main job with no dataset and no network: generate the synthetic "
                     "dataset, train a small LevelSet R-CNN on the CPU (1000 iterations, "
                     "about 8-9 minutes on 2 idle cores), evaluate phi_0 and phi_N (mask AP, "
-                    "AF1, AF2) and write OUTPUT/report.md with the table, a phi_0 -> phi_N figure, prediction "
-                    "overlays and the loss curve. A previous demo output is replaced; any "
-                    "other non-empty folder is refused unless --overwrite.")
+                    "AF1, AF2) and write OUTPUT/report.md with the table, a phi_0 -> phi_N "
+                    "figure, prediction overlays and the loss curve. A previous demo output "
+                    "is replaced; any other non-empty folder is refused unless --overwrite.")
     p.add_argument("--output", type=Path, default=Path("demo_output"),
                    help="folder for the results (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true",
