@@ -27,6 +27,7 @@ from .heads import (
 from .levelset_rcnn import LevelSetRCNN, validate_inputs
 from .losses import LOSS_EPS, levelset_targets, tsdf_loss
 from .roi_heads import DEFAULT_TRUNCATION, LevelSetRoIHeads
+from .upsampled_cv import UpsampledChanVese
 from .weights import LoadReport, WeightsUnavailableError, load_maskrcnn_weights
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "LevelSetRoIHeads",
     "LoadReport",
     "TSDFPredictor",
+    "UpsampledChanVese",
     "WeightsUnavailableError",
     "levelset_rcnn",
     "levelset_rcnn_mobilenet_v3_large_fpn",
