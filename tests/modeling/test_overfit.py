@@ -12,8 +12,18 @@ from .common import matched_mask_iou, synthetic_sample, tiny_kwargs
 MAX_STEPS = 150
 
 
+@pytest.fixture
+def one_thread():
+    # Many small ops: on a shared 2-core runner two threads stall on each other's barriers
+    # when another job holds a core (minutes instead of seconds); one thread does not.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.slow
-def test_overfits_four_synthetic_images():
+def test_overfits_four_synthetic_images(one_thread):
     torch.manual_seed(0)
     samples = [synthetic_sample(n, seed=s) for s, n in enumerate([1, 2, 3, 2])]
     images = [s[0] for s in samples]
