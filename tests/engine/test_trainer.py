@@ -29,6 +29,17 @@ def _losses(history: list[dict[str, float]]) -> dict[int, dict[str, float]]:
     return {h["iteration"]: {k: v for k, v in h.items() if k != "iteration"} for h in history}
 
 
+def _assert_same_losses(got: dict[int, dict[str, float]], want: dict[int, dict[str, float]]
+                        ) -> None:
+    """Equal step by step: same iterations, same loss terms, values equal to 1e-6 relative
+    (bit-equal in quiet runs; a different batch or random state changes them by far more)."""
+    assert sorted(got) == sorted(want)
+    for it in want:
+        assert got[it].keys() == want[it].keys()
+        for k, v in want[it].items():
+            assert got[it][k] == pytest.approx(v, rel=1e-6, abs=1e-9), (it, k)
+
+
 def test_resume_equals_uninterrupted(tiny_data_root: Path, tmp_path: Path) -> None:
     full = Trainer(tiny_config(tiny_data_root, tmp_path / "full"), progress=False,
                    tensorboard=False)
@@ -49,16 +60,18 @@ def test_resume_equals_uninterrupted(tiny_data_root: Path, tmp_path: Path) -> No
     first.step = dying_step  # type: ignore[method-assign]
     with pytest.raises(Killed):
         first.train()
-    assert _losses(first.history) == {i: ref[i] for i in range(3)}
+    _assert_same_losses(_losses(first.history), {i: ref[i] for i in range(3)})
     assert load_checkpoint(tmp_path / "resumed" / LAST_CHECKPOINT)["iteration"] == 2
 
     second = Trainer(cfg, resume=True, progress=False, tensorboard=False)
     assert second.start_iter == 2
     got = _losses(second.train()["history"])
-    assert got == {2: ref[2], 3: ref[3]}  # exact, step by step
+    _assert_same_losses(got, {2: ref[2], 3: ref[3]})  # step by step
     for (name, a), b in zip(full.model.state_dict().items(),
                             second.model.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
+        # Bit-equal in quiet runs; a CPU kernel's thread partitioning on a busy machine can
+        # move the last bits of near-zero parameters (seen: 1e-11-sized biases).
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8, msg=name)
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_data_root: Path, tmp_path: Path
