@@ -59,7 +59,8 @@ def run_one(dataset: str, arch: str, args: argparse.Namespace, work: Path) -> di
 
     path, overrides = _recipe(dataset, args, work)
     out = work / dataset / arch
-    cfg = load_config(path, overrides + [f"model.arch={arch}", f"train.output_dir={out}"])
+    cfg = load_config(path, overrides + list(args.set) + [f"model.arch={arch}",
+                                                          f"train.output_dir={out}"])
     t0 = time.perf_counter()
     trainer = Trainer(cfg, progress=not args.quiet, tensorboard=False)
     result = trainer.train()
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="DSB2018 stage1_train folder (default: %(default)s)")
     p.add_argument("--work", type=Path, default=REPO / "bench_results" / "quality_work")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="recipe overrides for both models, e.g. model.loss_weights=[1,5]")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
