@@ -179,7 +179,7 @@ def test_cpu_roi_chunking_gives_the_same_values_and_gradients(monkeypatch):
 
     whole = run()
     monkeypatch.setattr(cv_module, "CPU_CHUNK_ELEMENTS", 2 * 64)  # chunks of 2, 2, 1 RoIs
-    assert len(cv_module._roi_chunks(5, 64, torch.device("cpu"))) == 3
+    assert len(cv_module.roi_chunks(5, 64, torch.device("cpu"))) == 3
     chunked = run()
     for a, b in zip(chunked, whole, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -6,13 +6,17 @@ purpose (as pycocotools and torchvision's COCO readers do).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DatasetError
+
+T = TypeVar("T")
 
 __all__ = ["read_image", "read_image_size", "image_to_float_rgb"]
 
@@ -44,6 +48,20 @@ def image_to_float_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(rgb, dtype=np.float32) / 255.0
 
 
+def _with_image(path: str | Path, record: str, use: Callable[[Image.Image], T]) -> T:
+    """Open ``path`` with PIL and apply ``use``; a missing or undecodable file is a
+    :class:`DatasetError` naming the file and ``record``."""
+    path = Path(path)
+    where = f" ({record})" if record else ""
+    if not path.is_file():
+        raise DatasetError(f"image file not found: {path}{where}")
+    try:
+        with Image.open(path) as img:
+            return use(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"cannot decode image {path}{where}: {exc}") from exc
+
+
 def read_image(path: str | Path, *, record: str = "") -> torch.Tensor:
     """Read an image file as ``(3, H, W) float32`` in [0, 1].
 
@@ -51,28 +69,15 @@ def read_image(path: str | Path, *, record: str = "") -> torch.Tensor:
         DatasetError: the file is missing or cannot be decoded; the message names ``path``
             and ``record`` (e.g. ``"image id 42"``).
     """
-    path = Path(path)
-    where = f" ({record})" if record else ""
-    if not path.is_file():
-        raise DatasetError(f"image file not found: {path}{where}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            arr = image_to_float_rgb(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DatasetError(f"cannot decode image {path}{where}: {exc}") from exc
+    def decode(img: Image.Image) -> np.ndarray:
+        img.load()
+        return image_to_float_rgb(img)
+
+    arr = _with_image(path, record, decode)
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
 def read_image_size(path: str | Path, *, record: str = "") -> tuple[int, int]:
     """``(height, width)`` of an image from its header only (fast, no pixel decode)."""
-    path = Path(path)
-    where = f" ({record})" if record else ""
-    if not path.is_file():
-        raise DatasetError(f"image file not found: {path}{where}")
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DatasetError(f"cannot decode image {path}{where}: {exc}") from exc
+    width, height = _with_image(path, record, lambda img: img.size)
     return height, width

@@ -37,11 +37,11 @@ from torch import Tensor, nn
 
 from .functional import CURVATURE_ETA, curvature, dirac, heaviside
 
-__all__ = ["ChanVese", "chan_vese_evolve", "REGION_KAPPA"]
+__all__ = ["ChanVese", "chan_vese_evolve", "REGION_KAPPA", "roi_chunks"]
 
 #: Regulariser (in pixels) of the region areas in eq. 9.
 REGION_KAPPA = 1e-4
-#: On the CPU, RoIs are processed in chunks of about this many pixels (see _roi_chunks).
+#: On the CPU, RoIs are processed in chunks of about this many pixels (see roi_chunks).
 CPU_CHUNK_ELEMENTS = 1 << 17
 #: Smallest Heaviside width used; smaller (or zero) eps is raised to it.
 EPS_FLOOR = 1e-12
@@ -53,7 +53,7 @@ def _step_terms(phi: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
     return heaviside(phi, e), dirac(phi, e)
 
 
-def _roi_chunks(R: int, P: int, device: torch.device) -> list[slice]:
+def roi_chunks(R: int, P: int, device: torch.device) -> list[slice]:
     """Split the RoIs so that on the CPU a per-pixel tensor of a chunk stays cache-sized.
 
     RoIs are independent, so a chunk runs all N steps on its own. On the CPU this keeps the
@@ -253,7 +253,7 @@ class _ChanVeseFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, phi0, Ff, lambda1, lambda2, mu, eps, dt, width, eta):  # noqa: D102
         R, C, P = Ff.shape
-        chunks = _roi_chunks(R, P, Ff.device)
+        chunks = roi_chunks(R, P, Ff.device)
         runs = [
             _forward_chunk(
                 phi0[sl], Ff[sl], lambda1[sl], lambda2[sl], mu[sl], eps[sl], dt[sl],
@@ -278,7 +278,7 @@ class _ChanVeseFunction(torch.autograd.Function):
         R, C, P = Ff.shape
         g_F = torch.empty_like(Ff) if ctx.needs_input_grad[1] else None
         parts = []
-        for sl in _roi_chunks(R, P, Ff.device):
+        for sl in roi_chunks(R, P, Ff.device):
             chunk_saved = {k: (v[sl] if k in ("q", "m") else v[:, sl]) for k, v in saved.items()}
             parts.append(_backward_chunk(
                 grad_out[:, sl], out[:, sl], Ff[sl], lambda1[sl], lambda2[sl], mu[sl],
@@ -296,7 +296,7 @@ def _evolve_no_grad(phi0, Ff, l1, l2, mu, eps, dt, *, width, eta, keep_all):
             phi0[sl], Ff[sl], l1[sl], l2[sl], mu[sl], eps[sl], dt[sl],
             width=width, eta=eta, record=False, keep_all=keep_all,
         )[0]
-        for sl in _roi_chunks(R, P, Ff.device)
+        for sl in roi_chunks(R, P, Ff.device)
     ]
     return [torch.cat(steps) for steps in zip(*runs, strict=True)]
 

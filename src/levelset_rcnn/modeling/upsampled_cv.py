@@ -26,14 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..levelset import curvature, dirac, heaviside
-from ..levelset.chan_vese import EPS_FLOOR, REGION_KAPPA
+from ..levelset.chan_vese import EPS_FLOOR, REGION_KAPPA, roi_chunks
 from ..levelset.functional import CURVATURE_ETA
 
 __all__ = ["UpsampledChanVese", "bilinear_matrix", "upsampled_sq_norm"]
-
-#: On the CPU, RoIs are evolved in chunks of about this many pixels (cache-sized maps).
-CPU_CHUNK_PIXELS = 1 << 17
-
 
 def _linear_taps(s: int, M: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """For each of ``M`` outputs: left source index ``i0 (M,)`` and weight ``l (M,)`` of the
@@ -132,12 +128,10 @@ class UpsampledChanVese(nn.Module):
                 return phi0.to(dtype)
             U = bilinear_matrix(f.shape[-1], M, device=f.device, dtype=dtype)  # (M, s), tiny
             args = [t.to(dtype) for t in (phi0, f, lambda1, lambda2, mu, eps, dt)]
-            # RoIs are independent. On the CPU, chunks of ~CPU_CHUNK_PIXELS keep the per-pixel
-            # maps of a step in cache, which is several times faster than one big batch.
-            size = R if phi0.device.type != "cpu" else max(1, CPU_CHUNK_PIXELS // (M * M))
+            # RoIs are independent: the core layer's chunking policy (cache-sized on the CPU).
             parts = [
-                self._evolve(*(t[i : i + size] for t in args), U=U)
-                for i in range(0, R, size)
+                self._evolve(*(t[sl] for t in args), U=U)
+                for sl in roi_chunks(R, M * M, phi0.device)
             ]
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
