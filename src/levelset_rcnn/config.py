@@ -53,6 +53,8 @@ class ModelConfig:
     cv_hidden_channels: int = 64
     loss_weights: list[float] = field(default_factory=lambda: [1.0, 5.0])
     detach_phi0: bool = False
+    deform_stages: list[int] = field(default_factory=list)  # ResNet layers (1-4) with DeformConv
+    panet: bool = False                  # PANet bottom-up path augmentation after the FPN
     min_size: list[int] = field(default_factory=lambda: [800])
     max_size: int = 1333
     rpn_batch_size_per_image: int = 256
@@ -124,6 +126,12 @@ class EvalConfig:
     mask_threshold: float = 0.5
     max_dets: int = 100
     max_images: int | None = None
+    evaluator: str = "coco"              # coco | cityscapes | lvis
+    cityscapes_gt: str = ""              # cityscapes: the gtFine/<split> folder
+    lvis_ann: str = ""                   # lvis: LVIS val JSON (COCO-trained model, AP*)
+    tta: bool = False                    # test-time augmentation (flip / multi-scale)
+    tta_flip: bool = True
+    tta_min_sizes: list[int] = field(default_factory=list)  # empty: the model's test size
 
 
 @dataclass
@@ -290,5 +298,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"solver.steps must increase, got {cfg.solver.steps}")
     if cfg.train.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"train.device must be auto, cpu or cuda, got {cfg.train.device!r}")
+    if cfg.eval.evaluator not in ("coco", "cityscapes", "lvis"):
+        raise ConfigError(f"eval.evaluator must be coco, cityscapes or lvis, got "
+                          f"{cfg.eval.evaluator!r}")
     if cfg.train.checkpoint_period < 1:
         raise ConfigError("train.checkpoint_period must be >= 1")

@@ -43,6 +43,10 @@ def model_kwargs(cfg: ModelConfig, *, num_classes: int | None = None) -> dict[st
         box_detections_per_img=cfg.box_detections_per_img,
         box_score_thresh=cfg.box_score_thresh,
     )
+    if cfg.deform_stages:
+        kw["deform_stages"] = tuple(cfg.deform_stages)
+    if cfg.panet:
+        kw["panet"] = True
     if cfg.arch == "mask_rcnn":
         kw["mask_resolution"] = cfg.mask_resolution
     else:
