@@ -82,9 +82,11 @@ def evolution_figure(samples: Sequence[dict[str, Any]], path: str | Path, *,
         crop = s["crops"][i].permute(1, 2, 0).clamp(0, 1).numpy()
         ax = axes[r, 0]
         ax.imshow(crop)
+        # phi_N first, phi_0 dashed on top: where the two nearly coincide (small refinements)
+        # the red still shows between the cyan dashes instead of hiding them.
+        ax.contour(phis[-1], levels=[0.0], colors=["#ff3050"], linewidths=1.6)
         ax.contour(phis[0], levels=[0.0], colors=["#00c8ff"], linestyles="dashed",
                    linewidths=1.2)
-        ax.contour(phis[-1], levels=[0.0], colors=["#ff3050"], linewidths=1.2)
         label = int(s["labels"][i])
         name = class_names[label] if class_names and label < len(class_names) else str(label)
         ax.set_title(f"{name} {float(s['scores'][i]):.2f}", fontsize=8)
