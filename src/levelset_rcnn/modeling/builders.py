@@ -1,7 +1,8 @@
 """Model builders in torchvision's style (plain functions, keyword arguments).
 
 * :func:`levelset_rcnn`: the generic builder (``backbone`` = ``"resnet18" | "resnet34" |
-  "resnet50" | "resnet101" | "mobilenet_v3_large"``, FPN and head widths, any
+  "resnet50" | "resnet101" | "wide_resnet50_2" | "mobilenet_v3_large"``, optional deformable
+  convs in ResNet stages and PANet's bottom-up path, FPN and head widths, any
   :class:`LevelSetRCNN` / torchvision ``FasterRCNN`` keyword);
 * :func:`levelset_rcnn_resnet50_fpn`, :func:`levelset_rcnn_resnet18_fpn`,
   :func:`levelset_rcnn_mobilenet_v3_large_fpn`: the named variants;
@@ -10,12 +11,17 @@
 
 ``weights`` (COCO Mask R-CNN: ``MaskRCNN_ResNet50_FPN_Weights.COCO_V1``, ``"DEFAULT"`` or a local
 state-dict file) loads every compatible tensor; the report is logged and kept as
-``model.load_report``. No download happens unless weights are asked for.
+``model.load_report``. ``weights_backbone`` (ImageNet: an enum, ``"DEFAULT"`` or a local
+torchvision state-dict file) must match the backbone exactly. No download happens unless
+weights are asked for.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -28,6 +34,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNN_ResNet50_FPN_Weights
 from torchvision.ops import misc as misc_nn_ops
 
+from .backbones import PathAggregation, load_backbone_state_dict, make_deformable
 from .levelset_rcnn import LevelSetRCNN
 from .weights import WeightsUnavailableError, expected_path, load_maskrcnn_weights
 
@@ -40,10 +47,25 @@ __all__ = [
     "mask_rcnn",
 ]
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large")
+BACKBONES = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50_2", "mobilenet_v3_large",
+)
 _COCO_FILE = os.path.basename(MaskRCNN_ResNet50_FPN_Weights.COCO_V1.url)
 
 WeightsArg = WeightsEnum | str | os.PathLike | None
+_STATE_FILE_SUFFIXES = (".pth", ".pt", ".pkl", ".bin", ".ckpt")
+
+logger = logging.getLogger(__name__)
+
+
+def _is_state_file(weights: object) -> bool:
+    """Whether a ``weights_backbone`` value names a local file rather than an enum member."""
+    if isinstance(weights, os.PathLike):
+        return True
+    if not isinstance(weights, str):
+        return False
+    return (os.path.exists(weights) or weights.endswith(_STATE_FILE_SUFFIXES)
+            or "/" in weights or os.sep in weights)
 
 
 def _backbone_weights(name: str, weights: WeightsEnum | str | None) -> WeightsEnum | None:
@@ -55,6 +77,8 @@ def _backbone_weights(name: str, weights: WeightsEnum | str | None) -> WeightsEn
 def _make_backbone(
     name: str, weights: WeightsEnum | None, *, trainable_layers: int | None,
     fpn_channels: int, frozen_bn: bool, progress: bool,
+    state_file: str | os.PathLike | None = None, deform_stages: Sequence[int] = (),
+    panet: bool = False,
 ) -> nn.Module:
     norm_layer = misc_nn_ops.FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
     ctor = mobilenet_v3_large if name == "mobilenet_v3_large" else resnet.__dict__[name]
@@ -67,6 +91,13 @@ def _make_backbone(
             f"could not get backbone weights {weights} ({type(err).__name__}: {err}). Place "
             f"the file at {expected_path(weights)}, or pass weights_backbone=None"
         ) from err
+    if deform_stages:
+        if name == "mobilenet_v3_large":
+            raise ValueError(f"deform_stages={tuple(deform_stages)} needs a ResNet backbone, "
+                             f"got {name!r}")
+        make_deformable(body, deform_stages)
+    if state_file is not None:
+        load_backbone_state_dict(body, state_file, name=name)
     if name == "mobilenet_v3_large":
         features = body.features
         stages = [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)]
@@ -79,6 +110,7 @@ def _make_backbone(
         return BackboneWithFPN(
             features, {str(stages[k]): str(v) for v, k in enumerate(used)},
             [features[stages[i]].out_channels for i in used], fpn_channels,
+            extra_blocks=PathAggregation(fpn_channels, len(used)) if panet else None,
         )
     trainable = 5 if trainable_layers is None else trainable_layers
     train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable]
@@ -87,10 +119,15 @@ def _make_backbone(
     for pname, p in body.named_parameters():
         if not any(pname.startswith(t) for t in train):
             p.requires_grad_(False)
+    frozen = [k for k in deform_stages if f"layer{k}" not in train]
+    if frozen:
+        logger.warning("deformable stages %s are frozen (trainable_backbone_layers=%d): their "
+                       "offsets stay zero, i.e. plain convolutions", frozen, trainable)
     c2 = body.inplanes // 8
     return BackboneWithFPN(
         body, {f"layer{k}": str(k - 1) for k in range(1, 5)},
         [c2 * 2 ** (k - 1) for k in range(1, 5)], fpn_channels,
+        extra_blocks=PathAggregation(fpn_channels, 4) if panet else None,
     )
 
 
@@ -98,9 +135,11 @@ def levelset_rcnn(
     *,
     backbone: str = "resnet50",
     weights: WeightsArg = None,
-    weights_backbone: WeightsEnum | str | None = None,
+    weights_backbone: WeightsEnum | str | os.PathLike | None = None,
     num_classes: int | None = None,
     trainable_backbone_layers: int | None = None,
+    deform_stages: Sequence[int] = (),
+    panet: bool = False,
     fpn_channels: int = 256,
     box_representation_size: int = 1024,
     progress: bool = True,
@@ -112,9 +151,17 @@ def levelset_rcnn(
         backbone: one of :data:`BACKBONES`.
         weights: COCO Mask R-CNN weights to start from (enum, ``"DEFAULT"``, ``"COCO_V1"`` or a
             local file); compatible tensors load, the rest start fresh (``model.load_report``).
-        weights_backbone: ImageNet weights for the backbone (ignored when ``weights`` is set).
+        weights_backbone: ImageNet weights for the backbone (ignored when ``weights`` is set):
+            a torchvision enum / name (``"DEFAULT"``, ``"IMAGENET1K_V1"``), or a local file
+            holding the torchvision model's state dict (``torch.save(resnet101().state_dict(),
+            path)``); a file that does not match raises ``ValueError`` naming it and the keys.
         num_classes: including background; 91 (COCO) by default.
         trainable_backbone_layers: as torchvision (default 3 when pretrained, else all).
+        deform_stages: ResNet stages (1-4) whose 3x3 convs become deformable
+            (:class:`~levelset_rcnn.modeling.backbones.DeformConv2dPack`, zero offsets at the
+            start, same weight keys); ``(3, 4)`` in the paper's fine+COCO setting.
+        panet: add PANet's bottom-up path augmentation after the FPN
+            (:class:`~levelset_rcnn.modeling.backbones.PathAggregation`).
         fpn_channels: FPN width (256 in the paper; smaller for CPU work).
         box_representation_size: width of the box head's two FC layers (1024).
         **kwargs: :class:`LevelSetRCNN` arguments (``mask_head_type``, ``num_steps``,
@@ -128,13 +175,18 @@ def levelset_rcnn(
         num_classes = 91 if num_classes is None else num_classes
     elif num_classes is None:
         num_classes = 91
-    wb = _backbone_weights(backbone, weights_backbone)
-    pretrained = weights is not None or wb is not None
+    state_file = None
+    if _is_state_file(weights_backbone):
+        state_file, wb = Path(weights_backbone), None  # type: ignore[arg-type]
+    else:
+        wb = _backbone_weights(backbone, weights_backbone)  # type: ignore[arg-type]
+    pretrained = weights is not None or wb is not None or state_file is not None
     if trainable_backbone_layers is None and pretrained:
         trainable_backbone_layers = 3
     body = _make_backbone(
         backbone, wb, trainable_layers=trainable_backbone_layers, fpn_channels=fpn_channels,
-        frozen_bn=pretrained, progress=progress,
+        frozen_bn=pretrained, progress=progress, state_file=state_file,
+        deform_stages=tuple(deform_stages), panet=panet,
     )
     if backbone == "mobilenet_v3_large" and "rpn_anchor_generator" not in kwargs:
         sizes = ((32, 64, 128, 256, 512),) * 3
