@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ._common import add_override_args, collect_overrides, guarded, prepare_output_dir
+from .predict import add_tta_args, tta_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write into an existing, non-empty output folder")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_tta_args(p)
     add_override_args(p)
     p.set_defaults(func=_run)
 
@@ -57,9 +59,9 @@ def _run(args: argparse.Namespace) -> int:
         init_distributed,
         resolve_device,
     )
-    from ..engine.inference import evaluate_model, make_evaluator
+    from ..engine.inference import evaluate_model, make_evaluator, tta_kwargs
 
-    overrides = collect_overrides(args)
+    overrides = collect_overrides(args) + tta_overrides(args)
     if args.device:
         overrides.append(f"train.device={args.device}")
     model, cfg, _ = load_trained_model(args.weights, config=args.config, overrides=overrides)
@@ -83,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
                                    mask_threshold=cfg.eval.mask_threshold,
                                    max_dets=cfg.eval.max_dets)
         results = evaluate_model(model, loader, evaluator, device,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, **tta_kwargs(cfg.eval))
         if get_rank() == 0:
             path = Path(out) / "eval_results.json"
             path.write_text(json.dumps(results, indent=2))

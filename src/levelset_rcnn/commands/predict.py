@@ -7,6 +7,29 @@ from pathlib import Path
 
 from ._common import collect_overrides, guarded, prepare_output_dir
 
+__all__ = ["add_tta_args", "register", "tta_overrides"]
+
+
+def add_tta_args(p: argparse.ArgumentParser) -> None:
+    """``--tta`` and ``--tta-sizes`` (recipe fields ``eval.tta``, ``eval.tta_min_sizes``)."""
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: also run the mirrored image (and every "
+                        "--tta-sizes scale), merge the detections and average the level sets "
+                        "(eval.tta=true; eval.tta_flip=false drops the mirrored views)")
+    p.add_argument("--tta-sizes", type=int, nargs="+", default=None, metavar="N",
+                   help="shorter image edges of the TTA views, e.g. 800 1024 (implies --tta; "
+                        "default: the model's test size)")
+
+
+def tta_overrides(args: argparse.Namespace) -> list[str]:
+    """Recipe overrides for ``--tta`` / ``--tta-sizes``."""
+    out = []
+    if args.tta or args.tta_sizes:
+        out.append("eval.tta=true")
+    if args.tta_sizes:
+        out.append(f"eval.tta_min_sizes=[{', '.join(str(s) for s in args.tta_sizes)}]")
+    return out
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -33,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--set", dest="set_overrides", nargs="+", default=[], metavar="KEY=VALUE",
                    help="recipe overrides, e.g. model.box_detections_per_img=50")
+    add_tta_args(p)
     p.set_defaults(func=_run, overrides=[])
 
 
@@ -40,9 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from ..engine import load_trained_model
     from ..engine.distributed import resolve_device
+    from ..engine.inference import tta_kwargs
     from ..engine.predict import collect_images, run_predict
 
-    overrides = collect_overrides(args)
+    overrides = collect_overrides(args) + tta_overrides(args)
     if args.device:
         overrides.append(f"train.device={args.device}")
     images = collect_images(args.inputs)
@@ -56,7 +81,7 @@ def _run(args: argparse.Namespace) -> int:
                          class_names=meta.get("class_names"),
                          label_to_cat_id=meta.get("label_to_cat_id"),
                          score_thresh=args.score_thresh, polygons=args.polygons,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, **tta_kwargs(cfg.eval))
     print(f"predicted {len(result['done'])} image(s), skipped {len(result['skipped'])}; "
           f"wrote {args.output}/overlays/, {args.output}/results.json"
           + (f", {args.output}/polygons.json" if args.polygons else ""))

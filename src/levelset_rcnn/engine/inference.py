@@ -1,8 +1,9 @@
-"""Inference and COCO evaluation loops (phi_0 and phi_N side by side)."""
+"""Inference and COCO evaluation loops (phi_0 and phi_N side by side), optionally with
+test-time augmentation (:class:`~levelset_rcnn.modeling.tta.TTAWrapper`: flip / multi-scale)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -10,13 +11,15 @@ from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from tqdm import tqdm
 
+from ..config import ConfigError, EvalConfig
 from ..evaluation import COCOEvaluator
 from ..levelset import heaviside
 from ..modeling import LOSS_EPS
+from ..modeling.tta import TTAWrapper
 from .distributed import is_main_process
 
 __all__ = ["add_phi0_masks", "evaluate_model", "has_phi0", "make_evaluator", "metrics_table",
-           "predict_batch", "unwrap"]
+           "predict_batch", "tta_kwargs", "unwrap"]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -48,10 +51,32 @@ def add_phi0_masks(output: dict[str, Any]) -> dict[str, Any]:
     return output
 
 
+def tta_kwargs(cfg: EvalConfig) -> dict[str, Any]:
+    """The ``tta``, ``tta_flip`` and ``tta_min_sizes`` keywords of :func:`predict_batch` /
+    :func:`evaluate_model` from a recipe's ``eval`` section.
+
+    Raises:
+        ConfigError: ``eval.tta_min_sizes`` holds a size that is not a positive integer.
+    """
+    sizes = list(cfg.tta_min_sizes)
+    bad = [s for s in sizes if isinstance(s, bool) or not isinstance(s, int) or s <= 0]
+    if bad:
+        raise ConfigError(f"eval.tta_min_sizes must be positive integers (shorter image "
+                          f"edges), got {sizes}")
+    return {"tta": bool(cfg.tta), "tta_flip": bool(cfg.tta_flip), "tta_min_sizes": sizes}
+
+
 @torch.inference_mode()
 def predict_batch(model: nn.Module, images: Iterable[Tensor], device: torch.device, *,
-                  phi0: bool = False, contours: bool = False) -> list[dict[str, Any]]:
-    """Run the model in eval mode on a list of ``(3, H, W)`` images; results on the CPU."""
+                  phi0: bool = False, contours: bool = False, tta: bool = False,
+                  tta_flip: bool = True, tta_min_sizes: Sequence[int] = ()
+                  ) -> list[dict[str, Any]]:
+    """Run the model in eval mode on a list of ``(3, H, W)`` images; results on the CPU.
+
+    With ``tta`` the model runs through :class:`~levelset_rcnn.modeling.tta.TTAWrapper`
+    (views: ``tta_min_sizes`` (empty: the model's test size) x {as is, mirrored when
+    ``tta_flip``}); the results keep the same keys (``masks_phi0`` included).
+    """
     m = unwrap(model)
     was_training = m.training
     m.eval()
@@ -60,8 +85,9 @@ def predict_batch(model: nn.Module, images: Iterable[Tensor], device: torch.devi
     if level:
         m.return_tsdf = phi0 or old[0]
         m.return_contours = contours or old[1]
+    runner = TTAWrapper(m, list(tta_min_sizes), flip=tta_flip) if tta else m
     try:
-        outs = m([img.to(device) for img in images])
+        outs = runner([img.to(device) for img in images])
     finally:
         if level:
             m.return_tsdf, m.return_contours = old
@@ -76,18 +102,21 @@ def predict_batch(model: nn.Module, images: Iterable[Tensor], device: torch.devi
 
 
 def evaluate_model(model: nn.Module, loader: Iterable, evaluator: COCOEvaluator,
-                   device: torch.device, *, progress: bool = True) -> dict[str, Any]:
+                   device: torch.device, *, progress: bool = True, tta: bool = False,
+                   tta_flip: bool = True, tta_min_sizes: Sequence[int] = ()) -> dict[str, Any]:
     """Run ``model`` over ``loader`` (batches of ``(images, targets)``) and evaluate.
 
     Under DDP each rank sees its share of the images; :meth:`COCOEvaluator.evaluate`
-    gathers them (results on rank 0).
+    gathers them (results on rank 0). ``tta*``: test-time augmentation, as in
+    :func:`predict_batch` (:func:`tta_kwargs` reads them from a recipe).
     """
     evaluator.reset()
     want_phi0 = "masks_phi0" in evaluator.mask_keys
     bar = tqdm(loader, desc="eval", unit="img", disable=not (progress and is_main_process()),
                dynamic_ncols=True)
     for images, targets in bar:
-        outs = predict_batch(model, images, device, phi0=want_phi0)
+        outs = predict_batch(model, images, device, phi0=want_phi0, tta=tta, tta_flip=tta_flip,
+                             tta_min_sizes=tta_min_sizes)
         evaluator.process(targets, outs)
     return evaluator.evaluate()
 

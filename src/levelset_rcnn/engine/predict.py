@@ -100,9 +100,13 @@ def _keep(output: dict[str, Any], score_thresh: float) -> dict[str, Any]:
 def run_predict(model: nn.Module, images: Iterable[Path], out_dir: Path, *,
                 device: torch.device, class_names: Sequence[str] | None = None,
                 label_to_cat_id: dict[int, int] | None = None, score_thresh: float = 0.5,
-                polygons: bool = False, progress: bool = True) -> dict[str, Any]:
+                polygons: bool = False, progress: bool = True, tta: bool = False,
+                tta_flip: bool = True, tta_min_sizes: Sequence[int] = ()) -> dict[str, Any]:
     """Predict every image; write ``overlays/<stem>.png``, ``results.json`` (COCO results,
     image ids in ``image_ids.json``) and, with ``polygons``, ``polygons.json``.
+
+    ``tta``, ``tta_flip``, ``tta_min_sizes``: test-time augmentation (see
+    :func:`~levelset_rcnn.engine.inference.predict_batch`).
 
     Returns ``{"done": [...], "skipped": [(path, reason), ...]}``.
     """
@@ -120,7 +124,8 @@ def run_predict(model: nn.Module, images: Iterable[Path], out_dir: Path, *,
             skipped.append((str(path), msg))
             tqdm.write(f"skipping {path}: {msg}")
             continue
-        (output,) = predict_batch(model, [image], device, contours=level)
+        (output,) = predict_batch(model, [image], device, contours=level, tta=tta,
+                                  tta_flip=tta_flip, tta_min_sizes=tta_min_sizes)
         output = _keep(output, score_thresh)
         polys = contours_of(output)
         draw_overlay(image, output, polys, class_names=class_names).save(
