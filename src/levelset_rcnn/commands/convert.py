@@ -11,7 +11,8 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
-        help="convert a dataset (DSB2018 masks, YOLO segmentation, synthetic) to COCO JSON",
+        help="convert a dataset (Cityscapes, DSB2018 masks, YOLO segmentation, synthetic) to "
+             "COCO JSON",
         description="Write a COCO instances JSON from another layout. An existing output is "
                     "never replaced without --overwrite.")
     kinds = p.add_subparsers(dest="kind", metavar="FORMAT", required=True)
@@ -26,6 +27,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="first 80%% of sorted ids (train), the rest (val), or all "
                         "(default: %(default)s)")
     d.set_defaults(func=_dsb2018)
+
+    c = kinds.add_parser("cityscapes", help="Cityscapes gtFine instances (8 classes)",
+                         description="SRC/leftImg8bit/SPLIT/<city>/*_leftImg8bit.png + "
+                                     "SRC/gtFine/SPLIT/<city>/*_gtFine_instanceIds.png -> COCO "
+                                     "(person, rider, car, truck, bus, train, motorcycle, "
+                                     "bicycle; category id = Cityscapes label id; group regions "
+                                     "as iscrowd=1; exact RLE masks). file_name is relative to "
+                                     "SRC/leftImg8bit/SPLIT.")
+    c.add_argument("src", type=Path, help="the Cityscapes root (holds leftImg8bit/ and gtFine/)")
+    c.add_argument("out", type=Path, help="output JSON")
+    c.add_argument("--split", choices=("train", "val", "test"), default="val",
+                   help="(default: %(default)s)")
+    c.set_defaults(func=_cityscapes)
 
     y = kinds.add_parser("yolo-seg", help="Ultralytics YOLO segmentation labels",
                          description="IMAGES/<stem>.jpg + LABELS/<stem>.txt -> COCO polygons. "
@@ -48,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--split", default="train", help="split name (default: %(default)s)")
     s.set_defaults(func=_synthetic)
 
-    for parser in (d, y, s):
+    for parser in (c, d, y, s):
         parser.add_argument("--overwrite", action="store_true",
                             help="replace an existing output")
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -76,6 +90,14 @@ def _guarded(fn):
             return 1
 
     return run
+
+
+@_guarded
+def _cityscapes(args: argparse.Namespace) -> Path:
+    from ..data.converters import convert_cityscapes
+
+    return convert_cityscapes(args.src, args.out, split=args.split, overwrite=args.overwrite,
+                              progress=not args.quiet)
 
 
 @_guarded
