@@ -99,6 +99,9 @@ def _make_backbone(
     if state_file is not None:
         load_backbone_state_dict(body, state_file, name=name)
     if name == "mobilenet_v3_large":
+        if panet:
+            raise ValueError("panet needs a ResNet backbone: torchvision's mobilenet_v3_large "
+                             "FPN has two levels of the same stride (32)")
         features = body.features
         stages = [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)]
         stages.append(len(features) - 1)
@@ -110,7 +113,6 @@ def _make_backbone(
         return BackboneWithFPN(
             features, {str(stages[k]): str(v) for v, k in enumerate(used)},
             [features[stages[i]].out_channels for i in used], fpn_channels,
-            extra_blocks=PathAggregation(fpn_channels, len(used)) if panet else None,
         )
     trainable = 5 if trainable_layers is None else trainable_layers
     train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable]
