@@ -1,0 +1,409 @@
+"""LVIS federated AP (AP*) of a COCO-trained model on the COCO sub-categories of LVIS.
+
+The paper's Table 2 reports AP* "of the LVIS dataset with COCO subcategories, trained only on
+COCO" (the protocol of PointRend): the model predicts COCO category ids; each is mapped to the
+LVIS category with the same WordNet synset (:data:`COCO_LVIS_SYNSETS`, the official LVIS
+COCO-to-synset table); the LVIS ground truth is restricted to those categories; and the
+official ``lvis`` package's ``LVISEval`` scores it with LVIS's federated rules:
+
+- a detection of category ``c`` on an image where ``c`` is neither annotated (positive set)
+  nor listed in ``neg_category_ids`` is dropped (nothing is known about ``c`` there);
+- an unmatched detection of ``c`` on an image listing ``c`` in
+  ``not_exhaustive_category_ids`` is ignored (not a false positive);
+- at most ``max_dets`` (300) detections per image, highest scores first.
+
+LVIS category ids are looked up by synset in the user's file, so LVIS v0.5 and v1 both work
+(their COCO synsets are the same), as does a file written by
+:func:`levelset_rcnn.data.converters.convert_lvis` (COCO category ids, synsets kept).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import types
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from lvis import LVIS, LVISEval, LVISResults
+
+from .coco_results import output_to_records
+from .distributed import all_gather_objects, rank
+from .evaluator import DatasetEvaluator, image_ids_of
+
+__all__ = ["LVISEvaluator", "LVISFormatError", "COCO_LVIS_SYNSETS", "LVIS_AP_NAMES",
+           "read_lvis_json", "check_lvis_dict", "coco_to_lvis_category_ids"]
+
+logger = logging.getLogger(__name__)
+LVIS_AP_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc",
+                                  "APf")
+
+# COCO category id -> (COCO name, LVIS synset). The pairs are those of lvis-api's
+# data/coco_to_synset.json; some synsets are not the obvious word (cow -> beef.n.01,
+# handbag -> bag.n.04, suitcase -> bag.n.06, hot dog -> frank.n.02, potted plant -> pot.n.04,
+# hair drier -> hand_blower.n.01).
+COCO_LVIS_SYNSETS: dict[int, tuple[str, str]] = {
+    1: ("person", "person.n.01"), 2: ("bicycle", "bicycle.n.01"), 3: ("car", "car.n.01"),
+    4: ("motorcycle", "motorcycle.n.01"), 5: ("airplane", "airplane.n.01"),
+    6: ("bus", "bus.n.01"), 7: ("train", "train.n.01"), 8: ("truck", "truck.n.01"),
+    9: ("boat", "boat.n.01"), 10: ("traffic light", "traffic_light.n.01"),
+    11: ("fire hydrant", "fireplug.n.01"), 13: ("stop sign", "stop_sign.n.01"),
+    14: ("parking meter", "parking_meter.n.01"), 15: ("bench", "bench.n.01"),
+    16: ("bird", "bird.n.01"), 17: ("cat", "cat.n.01"), 18: ("dog", "dog.n.01"),
+    19: ("horse", "horse.n.01"), 20: ("sheep", "sheep.n.01"), 21: ("cow", "beef.n.01"),
+    22: ("elephant", "elephant.n.01"), 23: ("bear", "bear.n.01"), 24: ("zebra", "zebra.n.01"),
+    25: ("giraffe", "giraffe.n.01"), 27: ("backpack", "backpack.n.01"),
+    28: ("umbrella", "umbrella.n.01"), 31: ("handbag", "bag.n.04"), 32: ("tie", "necktie.n.01"),
+    33: ("suitcase", "bag.n.06"), 34: ("frisbee", "frisbee.n.01"), 35: ("skis", "ski.n.01"),
+    36: ("snowboard", "snowboard.n.01"), 37: ("sports ball", "ball.n.06"),
+    38: ("kite", "kite.n.03"), 39: ("baseball bat", "baseball_bat.n.01"),
+    40: ("baseball glove", "baseball_glove.n.01"), 41: ("skateboard", "skateboard.n.01"),
+    42: ("surfboard", "surfboard.n.01"), 43: ("tennis racket", "tennis_racket.n.01"),
+    44: ("bottle", "bottle.n.01"), 46: ("wine glass", "wineglass.n.01"),
+    47: ("cup", "cup.n.01"), 48: ("fork", "fork.n.01"), 49: ("knife", "knife.n.01"),
+    50: ("spoon", "spoon.n.01"), 51: ("bowl", "bowl.n.03"), 52: ("banana", "banana.n.02"),
+    53: ("apple", "apple.n.01"), 54: ("sandwich", "sandwich.n.01"),
+    55: ("orange", "orange.n.01"), 56: ("broccoli", "broccoli.n.01"),
+    57: ("carrot", "carrot.n.01"), 58: ("hot dog", "frank.n.02"), 59: ("pizza", "pizza.n.01"),
+    60: ("donut", "doughnut.n.02"), 61: ("cake", "cake.n.03"), 62: ("chair", "chair.n.01"),
+    63: ("couch", "sofa.n.01"), 64: ("potted plant", "pot.n.04"), 65: ("bed", "bed.n.01"),
+    67: ("dining table", "dining_table.n.01"), 70: ("toilet", "toilet.n.02"),
+    72: ("tv", "television_receiver.n.01"), 73: ("laptop", "laptop.n.01"),
+    74: ("mouse", "mouse.n.04"), 75: ("remote", "remote_control.n.01"),
+    76: ("keyboard", "computer_keyboard.n.01"), 77: ("cell phone", "cellular_telephone.n.01"),
+    78: ("microwave", "microwave.n.02"), 79: ("oven", "oven.n.01"),
+    80: ("toaster", "toaster.n.02"), 81: ("sink", "sink.n.01"),
+    82: ("refrigerator", "electric_refrigerator.n.01"), 84: ("book", "book.n.01"),
+    85: ("clock", "clock.n.01"), 86: ("vase", "vase.n.01"), 87: ("scissors", "scissors.n.01"),
+    88: ("teddy bear", "teddy.n.01"), 89: ("hair drier", "hand_blower.n.01"),
+    90: ("toothbrush", "toothbrush.n.01"),
+}
+
+
+class LVISFormatError(ValueError):
+    """An LVIS file is missing, malformed, or does not cover the model's categories.
+
+    The message names the file and the record or field at fault.
+    """
+
+
+def read_lvis_json(path: str | Path) -> dict[str, Any]:
+    """Parse an LVIS annotation JSON and check it with :func:`check_lvis_dict`."""
+    path = Path(path)
+    if not path.is_file():
+        raise LVISFormatError(f"LVIS annotation file not found: {path} (download e.g. "
+                              "lvis_v1_val.json or lvis_v0.5_val.json from lvisdataset.org)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LVISFormatError(f"{path}: not valid JSON: {exc}") from exc
+    check_lvis_dict(data, path)
+    return data
+
+
+def check_lvis_dict(data: Any, source: str | Path) -> None:
+    """Check the fields that LVIS evaluation reads; ``source`` names the file in messages.
+
+    Needed: ``images`` (``id``, ``height``, ``width``, ``neg_category_ids``,
+    ``not_exhaustive_category_ids``), ``categories`` (``id``, ``synset``, ``frequency`` in
+    r/c/f) and ``annotations`` (``id``, ``image_id``, ``category_id`` of known records,
+    ``segmentation``, ``area``, ``bbox``).
+
+    Raises:
+        LVISFormatError: the first missing or inconsistent field, naming the record.
+    """
+    if not isinstance(data, dict):
+        raise LVISFormatError(f"{source}: top level must be a JSON object, got "
+                              f"{type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise LVISFormatError(f"{source}: missing the '{key}' list of an LVIS file")
+    cat_ids = set()
+    for k, cat in enumerate(data["categories"]):
+        if not isinstance(cat, dict) or not isinstance(cat.get("id"), int):
+            raise LVISFormatError(f"{source}: categories[{k}] has no integer 'id'")
+        what = f"{source}: category id {cat['id']} ({cat.get('name', '?')})"
+        if not isinstance(cat.get("synset"), str):
+            raise LVISFormatError(f"{what} has no 'synset' (not an LVIS file? LVIS categories "
+                                  "carry their WordNet synset, e.g. 'person.n.01')")
+        if cat.get("frequency") not in ("r", "c", "f"):
+            raise LVISFormatError(f"{what} has no 'frequency' 'r', 'c' or 'f' (got "
+                                  f"{cat.get('frequency')!r})")
+        cat_ids.add(cat["id"])
+    img_ids = set()
+    for k, img in enumerate(data["images"]):
+        if not isinstance(img, dict) or not isinstance(img.get("id"), int):
+            raise LVISFormatError(f"{source}: images[{k}] has no integer 'id'")
+        for key in ("height", "width"):
+            if not isinstance(img.get(key), int) or img[key] <= 0:
+                raise LVISFormatError(f"{source}: image id {img['id']} has no positive "
+                                      f"integer '{key}'")
+        for key in ("neg_category_ids", "not_exhaustive_category_ids"):
+            if not isinstance(img.get(key), list):
+                raise LVISFormatError(f"{source}: image id {img['id']} has no '{key}' list "
+                                      "(an LVIS image record lists them, possibly empty)")
+        img_ids.add(img["id"])
+    for k, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict) or not isinstance(ann.get("id"), int):
+            raise LVISFormatError(f"{source}: annotations[{k}] has no integer 'id'")
+        what = f"{source}: annotation id {ann['id']}"
+        if ann.get("image_id") not in img_ids:
+            raise LVISFormatError(f"{what} refers to unknown image id {ann.get('image_id')!r}")
+        if ann.get("category_id") not in cat_ids:
+            raise LVISFormatError(f"{what} has unknown category id {ann.get('category_id')!r}")
+        for key in ("segmentation", "area", "bbox"):
+            if key not in ann:
+                raise LVISFormatError(f"{what} has no '{key}'")
+
+
+def coco_to_lvis_category_ids(categories: Sequence[Mapping[str, Any]],
+                              coco_cat_ids: Sequence[int], *, source: str | Path
+                              ) -> dict[int, int]:
+    """``{COCO category id: LVIS category id}`` for ``coco_cat_ids``, matched by synset.
+
+    Args:
+        categories: the LVIS file's ``categories`` records (``id``, ``synset``).
+        coco_cat_ids: COCO category ids (1-90) to map.
+        source: the LVIS file, named in messages.
+
+    Raises:
+        LVISFormatError: an id that is not one of the 80 COCO categories, a category without
+            ``synset``, a synset listed twice, or COCO categories whose synset the file
+            lacks (all of them are listed).
+    """
+    by_synset: dict[str, int] = {}
+    for cat in categories:
+        synset = cat.get("synset")
+        if not isinstance(synset, str):
+            raise LVISFormatError(f"{source}: category id {cat.get('id')!r} has no 'synset'")
+        if synset in by_synset:
+            raise LVISFormatError(f"{source}: synset {synset!r} is listed by category ids "
+                                  f"{by_synset[synset]} and {cat.get('id')}")
+        by_synset[synset] = cat["id"]
+    unknown = sorted(set(coco_cat_ids) - set(COCO_LVIS_SYNSETS))
+    if unknown:
+        raise LVISFormatError(
+            f"category ids {unknown} are not COCO categories (1-90, ids 12, 26, 29, 30, 45, "
+            "66, 68, 69, 71, 83 unused): LVIS AP* scores a model trained on the 80 COCO "
+            "classes, evaluated on a dataset with COCO category ids (see convert_lvis)")
+    missing = [c for c in sorted(set(coco_cat_ids)) if COCO_LVIS_SYNSETS[c][1] not in by_synset]
+    if missing:
+        listed = ", ".join(f"{c} {COCO_LVIS_SYNSETS[c][0]!r} -> {COCO_LVIS_SYNSETS[c][1]!r}"
+                           for c in missing)
+        raise LVISFormatError(f"{source}: no LVIS category for {len(missing)} COCO categories "
+                              f"the model predicts (COCO id, name -> synset): {listed}")
+    return {c: by_synset[COCO_LVIS_SYNSETS[c][1]] for c in coco_cat_ids}
+
+
+def restrict_lvis(data: Mapping[str, Any], lvis_cat_ids: set[int]) -> dict[str, Any]:
+    """A shallow copy of an LVIS dict with only ``lvis_cat_ids``: categories, annotations and
+    each image's ``neg_category_ids`` / ``not_exhaustive_category_ids``."""
+    images = [{**img, "neg_category_ids": [c for c in img["neg_category_ids"]
+                                           if c in lvis_cat_ids],
+               "not_exhaustive_category_ids": [c for c in img["not_exhaustive_category_ids"]
+                                               if c in lvis_cat_ids]}
+              for img in data["images"]]
+    return {**data, "images": images,
+            "categories": [c for c in data["categories"] if c["id"] in lvis_cat_ids],
+            "annotations": [a for a in data["annotations"] if a["category_id"] in lvis_cat_ids]}
+
+
+class _LVISFromDict(LVIS):
+    """``lvis.LVIS`` built from a dict already in memory (``LVIS()`` only reads a path)."""
+
+    def __init__(self, dataset: dict[str, Any]) -> None:  # noqa: D107 - no super(): no file
+        self.logger = logging.getLogger("lvis.lvis")
+        self.dataset = dataset
+        self._create_index()
+
+
+def _empty_results(gt: LVIS) -> LVISResults:
+    """Results with no detection (``LVISResults`` indexes ``results[0]``): every category
+    with ground truth scores 0."""
+    dt = LVISResults.__new__(LVISResults)
+    dt.logger = logging.getLogger("lvis.results")
+    dt.dataset = {**gt.dataset, "annotations": []}
+    dt._create_index()
+    return dt
+
+
+class _NumpyWithFloat(types.ModuleType):
+    """numpy plus the ``np.float`` alias that lvis 0.5.3's ``accumulate`` still uses (removed
+    in NumPy 1.24)."""
+
+    float = float
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np, name)
+
+
+@contextlib.contextmanager
+def _lvis_compat() -> Iterator[None]:
+    """Run lvis-api on a current NumPy and without its per-call log chatter."""
+    import lvis.eval as lvis_eval
+
+    quiet = [logging.getLogger(n) for n in ("lvis.lvis", "lvis.results", "lvis.eval")]
+    levels = [q.level for q in quiet]
+    old_np = lvis_eval.np
+    with warnings.catch_warnings():
+        # lvis-api logs through the deprecated Logger.warn
+        warnings.filterwarnings("ignore", "The 'warn' method is deprecated", DeprecationWarning)
+        try:
+            for q in quiet:
+                q.setLevel(logging.ERROR)
+            if not hasattr(np, "float"):
+                lvis_eval.np = _NumpyWithFloat("numpy")
+            yield
+        finally:
+            lvis_eval.np = old_np
+            for q, level in zip(quiet, levels, strict=True):
+                q.setLevel(level)
+
+
+class LVISEvaluator(DatasetEvaluator):
+    """LVIS AP* (federated box and mask AP) of a COCO-category model, with official lvis-api.
+
+    ``evaluate()`` returns ``{"lvis_bbox": {...}, "lvis_segm/<mask_key>": {...}}`` with
+    ``AP, AP50, AP75, APs, APm, APl, APr, APc, APf`` and ``AR@<max_dets>`` (and ``ARs/m/l``)
+    in percent (NaN where LVIS has no value, e.g. no rare category among the COCO ones).
+    Only processed images are scored, and only the LVIS categories of the COCO ids in
+    ``label_to_cat_id``. Under DDP records are gathered as in
+    :class:`~levelset_rcnn.evaluation.COCOEvaluator`.
+
+    Args:
+        lvis_gt: an LVIS annotation JSON (path, or the parsed dict) whose image ids are the
+            dataset's (LVIS reuses COCO's image ids).
+        label_to_cat_id: contiguous model label -> COCO category id.
+        dataset_categories: optionally the model's dataset ``categories`` (``id``, ``name``);
+            each mapped id must carry COCO's name, so a model of other classes is refused.
+        iou_types: any of ``"bbox"``, ``"segm"``.
+        mask_keys: output keys holding ``(K, 1, H, W)`` mask probabilities in image
+            coordinates, each scored as ``lvis_segm/<key>``.
+        mask_threshold: probabilities above it are inside.
+        max_dets: detections kept per image, by score (300 in the LVIS protocol).
+        all_ranks: return results on every rank.
+
+    Raises:
+        LVISFormatError: an unreadable LVIS file, missing LVIS fields, or no LVIS category
+            for a COCO id the model predicts.
+    """
+
+    def __init__(self, lvis_gt: str | Path | Mapping[str, Any], *,
+                 label_to_cat_id: Mapping[int, int],
+                 dataset_categories: Sequence[Mapping[str, Any]] | None = None,
+                 iou_types: Sequence[str] = ("bbox", "segm"),
+                 mask_keys: Sequence[str] = ("masks",), mask_threshold: float = 0.5,
+                 max_dets: int = 300, all_ranks: bool = False) -> None:
+        bad = set(iou_types) - {"bbox", "segm"}
+        if bad:
+            raise ValueError(f"unsupported iou_types {sorted(bad)}; use 'bbox' and/or 'segm'")
+        if isinstance(lvis_gt, Mapping):
+            self.source = "<LVIS dict>"
+            check_lvis_dict(lvis_gt, self.source)
+            data = lvis_gt
+        else:
+            self.source = str(lvis_gt)
+            data = read_lvis_json(lvis_gt)
+        self.label_to_cat_id = dict(label_to_cat_id)
+        coco_ids = sorted(set(self.label_to_cat_id.values()))
+        if dataset_categories is not None:
+            self._check_coco_names(dataset_categories, coco_ids)
+        self.coco_to_lvis = coco_to_lvis_category_ids(data["categories"], coco_ids,
+                                                      source=self.source)
+        self.label_to_lvis = {lab: self.coco_to_lvis[c] for lab, c in self.label_to_cat_id.items()}
+        self.lvis_gt = _LVISFromDict(restrict_lvis(data, set(self.coco_to_lvis.values())))
+        self.iou_types = tuple(iou_types)
+        self.mask_keys = tuple(mask_keys) if "segm" in self.iou_types else ()
+        self.mask_threshold = mask_threshold
+        self.max_dets = max_dets
+        self.all_ranks = all_ranks
+        self.reset()
+
+    @staticmethod
+    def _check_coco_names(categories: Sequence[Mapping[str, Any]], coco_ids: list[int]) -> None:
+        names = {c["id"]: c.get("name") for c in categories}
+        wrong = [f"{i}: {names.get(i)!r} (COCO: {COCO_LVIS_SYNSETS[i][0]!r})" for i in coco_ids
+                 if i in COCO_LVIS_SYNSETS and names.get(i) != COCO_LVIS_SYNSETS[i][0]]
+        if wrong:
+            raise LVISFormatError("the model's categories are not COCO's (id: name in its "
+                                  f"dataset): {', '.join(wrong)}; LVIS AP* needs a model "
+                                  "trained on the 80 COCO classes")
+
+    def reset(self) -> None:
+        self._records: dict[int, list[dict[str, Any]]] = {}
+
+    def process(self, targets_or_image_ids: Sequence[Any], outputs: Sequence[dict[str, Any]]
+                ) -> None:
+        ids = image_ids_of(targets_or_image_ids)
+        if len(ids) != len(outputs):
+            raise ValueError(f"{len(ids)} images but {len(outputs)} outputs")
+        for image_id, output in zip(ids, outputs, strict=True):
+            info = self.lvis_gt.imgs.get(image_id)
+            if info is None:
+                raise KeyError(f"image id {image_id} is not in the LVIS ground truth "
+                               f"{self.source}")
+            for key in self.mask_keys:
+                shape = tuple(output[key].shape[-2:]) if key in output else None
+                if shape is not None and len(output[key]) and shape != (info["height"],
+                                                                        info["width"]):
+                    raise ValueError(
+                        f"image id {image_id}: {key!r} is {shape[1]}x{shape[0]} but LVIS says "
+                        f"the image is {info['width']}x{info['height']}; paste masks in "
+                        "original image coordinates")
+            self._records.setdefault(image_id, output_to_records(
+                output, image_id, self.label_to_lvis, mask_keys=self.mask_keys,
+                mask_threshold=self.mask_threshold))
+
+    def _gathered(self) -> dict[int, list[dict[str, Any]]]:
+        merged: dict[int, list[dict[str, Any]]] = {}
+        for part in all_gather_objects(self._records):
+            for image_id, recs in part.items():
+                merged.setdefault(image_id, recs)
+        return merged
+
+    def evaluate(self) -> dict[str, Any]:
+        records = self._gathered()
+        if rank() != 0 and not self.all_ranks:
+            return {}
+        if not records:
+            logger.warning("LVISEvaluator: no images were processed")
+            return {}
+        img_ids = sorted(records)
+        flat = [r for i in img_ids for r in records[i]]
+        results: dict[str, Any] = {}
+        if "bbox" in self.iou_types:
+            dets = [{k: r[k] for k in ("image_id", "category_id", "bbox", "score")} for r in flat]
+            results["lvis_bbox"] = self._run(dets, "bbox", img_ids)
+        for key in self.mask_keys:
+            # no "bbox": lvis-api would take the box area as the instance area
+            dets = [{"image_id": r["image_id"], "category_id": r["category_id"],
+                     "score": r["score"], "segmentation": r[key]} for r in flat]
+            results[f"lvis_segm/{key}"] = self._run(dets, "segm", img_ids)
+        return results
+
+    def run_lvis_eval(self, dets: list[dict], iou_type: str, img_ids: Sequence[int]
+                      ) -> LVISEval:
+        """The official ``LVISEval`` run (evaluate, accumulate, summarize) on ``dets``
+        (LVIS results records with LVIS category ids) over ``img_ids``."""
+        with _lvis_compat():
+            if dets:
+                lvis_dt = LVISResults(self.lvis_gt, copy.deepcopy(dets), max_dets=self.max_dets)
+            else:
+                lvis_dt = _empty_results(self.lvis_gt)
+            lvis_eval = LVISEval(self.lvis_gt, lvis_dt, iou_type)
+            lvis_eval.params.img_ids = list(img_ids)
+            lvis_eval.params.max_dets = self.max_dets
+            lvis_eval.run()
+        return lvis_eval
+
+    def _run(self, dets: list[dict], iou_type: str, img_ids: Sequence[int]) -> dict[str, float]:
+        lvis_eval = self.run_lvis_eval(dets, iou_type, img_ids)
+        return {k: (math.nan if v < 0 else float(100 * v))
+                for k, v in lvis_eval.get_results().items()}
