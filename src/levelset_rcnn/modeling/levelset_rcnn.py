@@ -18,6 +18,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads, Mask
 from torchvision.ops import MultiScaleRoIAlign
 
 from ..levelset import tsdf_to_polygons
+from .delse import DELSE_CURVATURE, DELSE_DT, DELSE_HP_INIT
 from .heads import (
     ChanVeseFeatureHead,
     GlobalHyperParameters,
@@ -25,7 +26,14 @@ from .heads import (
     HyperParameterHead,
     TSDFPredictor,
 )
-from .roi_heads import DEFAULT_TRUNCATION, LevelSetRoIHeads, MaskHeadType
+from .losses import LSLOSS_EPS, LSLOSS_MU
+from .roi_heads import (
+    DEFAULT_TRUNCATION,
+    MASK_HEAD_TYPES,
+    REFINING_TYPES,
+    LevelSetRoIHeads,
+    MaskHeadType,
+)
 
 __all__ = ["LevelSetRCNN", "validate_inputs"]
 
@@ -75,14 +83,18 @@ class LevelSetRCNN(MaskRCNN):
         backbone: a backbone with ``out_channels`` (e.g. ResNet + FPN).
         num_classes: classes including background (``None`` if ``box_predictor`` is given).
         mask_head_type: ``"levelset"`` (full model), ``"tsdf"`` (Mask R-CNN trained on a TSDF
-            target, no Chan-Vese) or ``"binary"`` (Mask R-CNN).
-        mask_resolution: binary masks only: 28 (Mask R-CNN) or 112 (the high-resolution
-            ablation).
+            target, no Chan-Vese), ``"binary"`` (Mask R-CNN), or the paper's Table 3
+            competitors ``"lsloss"`` (Mask R-CNN plus the Chan-Vese energy loss), ``"delse"``
+            (DELSE, hand-set hyperparameters and DELSE's losses) and ``"delse_hp"`` (DELSE with
+            the hyperparameter head and our TSDF loss); see :mod:`.roi_heads`, :mod:`.delse`.
+        mask_resolution: ``"binary"`` / ``"lsloss"`` masks: 28 (Mask R-CNN) or 112 (the
+            high-resolution ablation).
         mask_layers: channels of the mask trunk's 3x3 convs (Mask R-CNN: four of 256).
         predictor_channels: hidden channels of the 28x28 TSDF / mask predictor (256).
         class_agnostic: one initial TSDF for every class instead of one per class.
         hyperparams: ``"head"`` (per instance, the paper) or ``"global"`` (ablation).
-        hyper_init: initial hyperparameters (see :data:`.heads.DEFAULT_INIT`).
+        hyper_init: initial hyperparameters (see :data:`.heads.DEFAULT_INIT`; for
+            ``"delse_hp"`` the default is :data:`.delse.DELSE_HP_INIT`, multipliers of 1).
         num_steps: unrolled Chan-Vese steps ``N`` (3).
         cv_channels: Chan-Vese feature channels ``C`` (64).
         cv_hidden_channels: channels of the feature head's 28x28 layer (64).
@@ -94,10 +106,16 @@ class LevelSetRCNN(MaskRCNN):
         return_contours: add ``contours`` (costs CPU time: marching squares per instance).
         cv_upsampling: ``"implicit"`` (default: Chan-Vese on the 28x28 features and the exact
             bilinear operator, never making the 112x112 map) or ``"explicit"``.
-        mask_roi_pool, mask_head, tsdf_predictor, hyper_head, feature_head, mask_predictor:
-            custom sub-modules (``None``: the defaults of :mod:`.heads` built from the
-            arguments above). ``mask_head`` must keep the 14x14 size and output
-            ``mask_layers[-1]`` channels.
+        delse_dt: DELSE step in pixels of the ``resolution`` grid (:data:`.delse.DELSE_DT`,
+            2 px; the base the hyperparameter head multiplies in ``"delse_hp"``).
+        delse_curvature: DELSE curvature gain (:data:`.delse.DELSE_CURVATURE`, 0.5).
+        velocity_loss_weight: weight of the DELSE velocity loss (1).
+        lsloss_weight, lsloss_eps, lsloss_mu: the LS-loss baseline's energy weight (1),
+            Heaviside width (0.1) and length weight (0.01), see :mod:`.losses`.
+        mask_roi_pool, mask_head, tsdf_predictor, hyper_head, feature_head, mask_predictor,
+        velocity_head, modulation_head: custom sub-modules (``None``: the defaults of
+            :mod:`.heads` built from the arguments above). ``mask_head`` must keep the 14x14
+            size and output ``mask_layers[-1]`` channels.
         **kwargs: torchvision ``FasterRCNN`` arguments (``min_size``, ``max_size``, RPN and box
             settings).
     """
@@ -124,16 +142,27 @@ class LevelSetRCNN(MaskRCNN):
         return_tsdf: bool = False,
         return_contours: bool = False,
         cv_upsampling: str = "implicit",
+        delse_dt: float = DELSE_DT,
+        delse_curvature: float = DELSE_CURVATURE,
+        velocity_loss_weight: float = 1.0,
+        lsloss_weight: float = 1.0,
+        lsloss_eps: float = LSLOSS_EPS,
+        lsloss_mu: float = LSLOSS_MU,
         mask_roi_pool: MultiScaleRoIAlign | None = None,
         mask_head: nn.Module | None = None,
         tsdf_predictor: nn.Module | None = None,
         hyper_head: nn.Module | None = None,
         feature_head: nn.Module | None = None,
         mask_predictor: nn.Module | None = None,
+        velocity_head: nn.Module | None = None,
+        modulation_head: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
         # MaskRCNN.__init__ would build its own 28x28 predictor; build the box branch only.
         FasterRCNN.__init__(self, backbone, num_classes, **kwargs)
+        if mask_head_type not in MASK_HEAD_TYPES:
+            raise ValueError(f"mask_head_type must be one of {', '.join(MASK_HEAD_TYPES)}, got "
+                             f"{mask_head_type!r}")
         if hyperparams not in ("head", "global"):
             raise ValueError(f"hyperparams must be 'head' or 'global', got {hyperparams!r}")
         if mask_resolution not in (28, 112):
@@ -146,7 +175,8 @@ class LevelSetRCNN(MaskRCNN):
         trunk = mask_head or MaskRCNNHeads(backbone.out_channels, list(mask_layers), 1)
         t_ch = mask_layers[-1]
         heads: dict[str, nn.Module | None] = {}
-        if mask_head_type == "binary":
+        needed = MASK_HEAD_TYPES[mask_head_type]
+        if "mask_predictor" in needed:
             heads["mask_predictor"] = mask_predictor or (
                 MaskRCNNPredictor(t_ch, predictor_channels, n_cls) if mask_resolution == 28
                 else HighResMaskPredictor(t_ch, n_cls, hidden_channels=predictor_channels)
@@ -155,15 +185,24 @@ class LevelSetRCNN(MaskRCNN):
             heads["tsdf_predictor"] = tsdf_predictor or TSDFPredictor(
                 t_ch, n_cls, hidden_channels=predictor_channels, class_agnostic=class_agnostic
             )
-        if mask_head_type == "levelset":
+        if "hyper_head" in needed:
+            if hyper_init is None and mask_head_type == "delse_hp":
+                hyper_init = DELSE_HP_INIT
             heads["hyper_head"] = hyper_head or (
                 HyperParameterHead(t_ch, num_steps, init=hyper_init) if hyperparams == "head"
                 else GlobalHyperParameters(num_steps, init=hyper_init)
             )
+        if "feature_head" in needed:
             heads["feature_head"] = feature_head or ChanVeseFeatureHead(
                 t_ch, out_channels=cv_channels, hidden_channels=cv_hidden_channels,
                 out_size=resolution,
             )
+        if "velocity_head" in needed:
+            # DELSE's two extra heads: the feature head's layout (28x28 convs, bilinear to M).
+            heads["velocity_head"] = velocity_head or ChanVeseFeatureHead(
+                t_ch, out_channels=2, hidden_channels=cv_hidden_channels, out_size=resolution)
+            heads["modulation_head"] = modulation_head or ChanVeseFeatureHead(
+                t_ch, out_channels=1, hidden_channels=cv_hidden_channels, out_size=resolution)
         self.roi_heads = LevelSetRoIHeads(
             old.box_roi_pool, old.box_head, old.box_predictor,
             old.proposal_matcher.high_threshold, old.proposal_matcher.low_threshold,
@@ -172,11 +211,19 @@ class LevelSetRCNN(MaskRCNN):
             mask_roi_pool=mask_roi_pool, mask_head=trunk, mask_head_type=mask_head_type,
             num_steps=num_steps, resolution=resolution, truncation=truncation,
             loss_weights=loss_weights, detach_phi0=detach_phi0, cv_upsampling=cv_upsampling,
-            **heads,
+            delse_dt=delse_dt, delse_curvature=delse_curvature,
+            velocity_loss_weight=velocity_loss_weight, lsloss_weight=lsloss_weight,
+            lsloss_eps=lsloss_eps, lsloss_mu=lsloss_mu, **heads,
         )
         self.mask_head_type = mask_head_type
         self.return_tsdf = return_tsdf
         self.return_contours = return_contours
+
+    @property
+    def refines_initial_tsdf(self) -> bool:
+        """Whether the masks refine an initial TSDF ``phi_0`` (``"levelset"``, ``"delse"``,
+        ``"delse_hp"``): the engine then evaluates ``H_0.1(phi_0)`` beside the final masks."""
+        return self.mask_head_type in REFINING_TYPES
 
     def forward(  # type: ignore[override]
         self,
@@ -190,8 +237,9 @@ class LevelSetRCNN(MaskRCNN):
         if targets is not None:
             validate_inputs(images, targets)
         want_tsdf = self.return_tsdf or self.return_contours
-        if want_tsdf and self.mask_head_type == "binary":
-            raise ValueError("tsdf / contours need mask_head_type 'levelset' or 'tsdf'")
+        if want_tsdf and self.mask_head_type in ("binary", "lsloss"):
+            raise ValueError(f"tsdf / contours need a TSDF head; mask_head_type="
+                             f"{self.mask_head_type!r} predicts binary masks")
         self.roi_heads.return_tsdf = want_tsdf
         out = super().forward(images, targets)
         if self.training:
