@@ -5,6 +5,9 @@ Example::
     from levelset_rcnn.modeling import levelset_rcnn_resnet50_fpn
     model = levelset_rcnn_resnet50_fpn(weights="COCO_V1", num_classes=9).eval()
     out = model([image])[0]       # boxes, labels, scores, masks (K, 1, H, W) as Mask R-CNN
+
+The paper's Table 3 competitors are one argument away: ``mask_head_type="lsloss"`` (Mask R-CNN
+with the Chan-Vese energy loss), ``"delse"`` or ``"delse_hp"`` (DELSE's edge-based evolution).
 """
 
 from .builders import (
@@ -14,6 +17,14 @@ from .builders import (
     levelset_rcnn_resnet18_fpn,
     levelset_rcnn_resnet50_fpn,
     mask_rcnn,
+)
+from .delse import (
+    DELSE_CURVATURE,
+    DELSE_DT,
+    angular_loss,
+    class_balanced_bce,
+    delse_evolve,
+    velocity_targets,
 )
 from .heads import (
     DEFAULT_INIT,
@@ -25,8 +36,8 @@ from .heads import (
     TSDFPredictor,
 )
 from .levelset_rcnn import LevelSetRCNN, validate_inputs
-from .losses import LOSS_EPS, levelset_targets, tsdf_loss
-from .roi_heads import DEFAULT_TRUNCATION, LevelSetRoIHeads
+from .losses import LOSS_EPS, chan_vese_energy_loss, levelset_targets, tsdf_loss
+from .roi_heads import DEFAULT_TRUNCATION, MASK_HEAD_TYPES, LevelSetRoIHeads
 from .upsampled_cv import UpsampledChanVese
 from .weights import LoadReport, WeightsUnavailableError, load_maskrcnn_weights
 
@@ -34,7 +45,10 @@ __all__ = [
     "BACKBONES",
     "DEFAULT_INIT",
     "DEFAULT_TRUNCATION",
+    "DELSE_CURVATURE",
+    "DELSE_DT",
     "LOSS_EPS",
+    "MASK_HEAD_TYPES",
     "ChanVeseFeatureHead",
     "GlobalHyperParameters",
     "HighResMaskPredictor",
@@ -46,6 +60,10 @@ __all__ = [
     "TSDFPredictor",
     "UpsampledChanVese",
     "WeightsUnavailableError",
+    "angular_loss",
+    "chan_vese_energy_loss",
+    "class_balanced_bce",
+    "delse_evolve",
     "levelset_rcnn",
     "levelset_rcnn_mobilenet_v3_large_fpn",
     "levelset_rcnn_resnet18_fpn",
@@ -55,4 +73,5 @@ __all__ = [
     "mask_rcnn",
     "tsdf_loss",
     "validate_inputs",
+    "velocity_targets",
 ]
