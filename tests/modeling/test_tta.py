@@ -169,10 +169,15 @@ def test_hflip_boxes_formula() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Real tiny models.
+BINARY = ("binary", "lsloss")
+
+
 def _tiny(kind: str) -> nn.Module:
+    """A tiny model: the Mask R-CNN baseline (``"binary"``) or a ``mask_head_type``."""
     torch.manual_seed(0)
-    build = levelset_rcnn if kind == "levelset" else mask_rcnn
-    model = build(**tiny_kwargs(min_size=64, max_size=128)).eval()
+    kw = tiny_kwargs(min_size=64, max_size=128)
+    model = mask_rcnn(**kw) if kind == "binary" else levelset_rcnn(**kw, mask_head_type=kind)
+    model.eval()
     model.roi_heads.score_thresh = 0.0
     return model
 
@@ -182,10 +187,10 @@ def _images() -> list[Tensor]:
     return [torch.rand(3, 80, 100, generator=g), torch.rand(3, 64, 56, generator=g)]
 
 
-@pytest.mark.parametrize("kind", ["levelset", "binary"])
+@pytest.mark.parametrize("kind", ["levelset", "binary", "tsdf", "lsloss", "delse"])
 def test_identity_view_equals_plain_inference(kind: str) -> None:
     model = _tiny(kind)
-    model.return_tsdf = kind == "levelset"
+    model.return_tsdf = kind not in BINARY
     images = _images()
     with torch.no_grad():
         plain = model(images)
@@ -199,7 +204,7 @@ def test_identity_view_equals_plain_inference(kind: str) -> None:
         assert torch.equal(a["labels"], b["labels"])
         assert torch.allclose(a["scores"], b["scores"], atol=1e-6)
         assert torch.allclose(a["masks"], b["masks"], atol=1e-4)
-        if kind == "levelset":
+        if kind not in BINARY:
             assert torch.allclose(a["tsdf"], b["tsdf"], atol=1e-4)
             assert torch.allclose(a["tsdf_init"], b["tsdf_init"], atol=1e-4)
 
@@ -207,6 +212,7 @@ def test_identity_view_equals_plain_inference(kind: str) -> None:
 @pytest.mark.parametrize("kind", ["levelset", "binary"])
 def test_multiscale_flip_output_contract(kind: str) -> None:
     model = _tiny(kind)
+    model.roi_heads.detections_per_img = 30
     if kind == "levelset":
         model.return_tsdf = model.return_contours = True
     images = _images()
