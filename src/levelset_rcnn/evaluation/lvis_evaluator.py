@@ -218,7 +218,7 @@ def restrict_lvis(data: Mapping[str, Any], lvis_cat_ids: set[int]) -> dict[str, 
 class _LVISFromDict(LVIS):
     """``lvis.LVIS`` built from a dict already in memory (``LVIS()`` only reads a path)."""
 
-    def __init__(self, dataset: dict[str, Any]) -> None:  # noqa: D107 - no super(): no file
+    def __init__(self, dataset: dict[str, Any]) -> None:  # not super(): it reads a file
         self.logger = logging.getLogger("lvis.lvis")
         self.dataset = dataset
         self._create_index()
