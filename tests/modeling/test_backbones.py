@@ -4,6 +4,7 @@ ImageNet weights from local torchvision state-dict files (never downloads)."""
 from __future__ import annotations
 
 import copy
+import logging
 import math
 
 import pytest
@@ -252,21 +253,27 @@ def test_mismatching_weights_file_names_file_and_keys(tmp_path):
         levelset_rcnn(**tiny_kwargs(weights_backbone=str(tmp_path / "nope.pth")))
 
 
-def test_coco_style_weights_load_into_deform_panet_model(tmp_path):
+def test_coco_style_weights_load_into_deform_panet_model(tmp_path, caplog):
     """A plain detector's file initialises a deformable + PANet one: same keys load, the
-    offset convs and the bottom-up path start fresh."""
+    offset convs and the bottom-up path start fresh. A file of another backbone warns."""
     torch.manual_seed(7)
     plain = levelset_rcnn(**tiny_kwargs())
     path = tmp_path / "plain.pth"
     torch.save(plain.state_dict(), path)
     kw = tiny_kwargs(deform_stages=(4,), panet=True)
     kw.pop("weights_backbone")
-    model = levelset_rcnn(weights=path, **kw)
+    with caplog.at_level(logging.WARNING, logger="levelset_rcnn.modeling.builders"):
+        model = levelset_rcnn(weights=path, **kw)
+    assert "only partly" not in caplog.text
     missing = set(model.load_report.missing)
     assert missing == {k for k in model.state_dict()
                        if ".conv_offset." in k or ".extra_blocks." in k}
     assert torch.equal(model.backbone.body.layer4[0].conv2.weight,
                        plain.backbone.body.layer4[0].conv2.weight)
+    kw["backbone"] = "resnet34"  # resnet18 file: layer1.2, layer2.2, ... start fresh
+    with caplog.at_level(logging.WARNING, logger="levelset_rcnn.modeling.builders"):
+        levelset_rcnn(weights=path, **kw)
+    assert "resnet34 body only partly" in caplog.text and "layer1.2." in caplog.text
 
 
 def test_engine_config_passes_backbone_options():

@@ -205,7 +205,21 @@ def levelset_rcnn(
         src = str(model.load_report.source)
         if weights == MaskRCNN_ResNet50_FPN_Weights.COCO_V1 or src.endswith(_COCO_FILE):
             overwrite_eps(model, 0.0)  # as torchvision does for this legacy checkpoint
+        _warn_partial_body(model.load_report, backbone)
     return model
+
+
+def _warn_partial_body(report: Any, backbone: str) -> None:
+    """Warn when detector weights initialise only part of the backbone body (e.g. the
+    ResNet-50 COCO file given to a wide_resnet50_2 or resnet101 model)."""
+    fresh = [k for k in (*report.missing, *report.mismatched)
+             if k.startswith("backbone.body.") and ".conv_offset." not in k]
+    if fresh:
+        logger.warning(
+            "weights %s initialise the %s body only partly: %d body tensors start fresh or "
+            "were skipped for their shape (e.g. %s); for another backbone than the file's, "
+            "start from weights_backbone (ImageNet) instead", report.source, backbone,
+            len(fresh), fresh[0])
 
 
 def levelset_rcnn_resnet50_fpn(
