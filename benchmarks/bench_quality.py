@@ -1,18 +1,28 @@
-"""Mask quality: LevelSet R-CNN (phi_0 and phi_N) against the Mask R-CNN baseline.
+"""Mask quality: LevelSet R-CNN (phi_0 and phi_N) against the Mask R-CNN baseline and the
+paper's Table 3 competitors (level-set loss, DELSE, DELSE with the hyperparameter head).
 
-Both models share the backbone, FPN, RPN, box head, data, seed and training budget (the
-baseline is built through the same builder with ``model.arch=mask_rcnn``). Datasets:
+All models share the backbone, FPN, RPN, box head, data, seed and training budget (the
+baseline is built through the same builder with ``model.arch=mask_rcnn``, the competitors
+with ``model.mask_head_type=lsloss|delse|delse_hp``). ``--models`` picks among:
+
+* ``maskrcnn`` -> row ``maskrcnn``; ``levelset`` -> ``levelset_phi0``, ``levelset_phiN``;
+* ``lsloss`` -> ``lsloss`` (Mask R-CNN at inference: no initial mask);
+* ``delse`` -> ``delse_phi0``, ``delse_phiN``; ``delse_hp`` -> ``delse_hp_phi0``,
+  ``delse_hp_phiN`` (initial and final masks, as in Table 3).
+
+Datasets:
 
 * ``synthetic``: the embedded textured-shapes data (``configs/synthetic_cpu.yaml``);
 * ``dsb2018``: DSB2018 nuclei (``configs/dsb2018_cpu.yaml``), the first 200 images by sorted
   id for training and the last 50 for validation.
 
-Reports mask AP, AP50 (pycocotools, percent) and the boundary AF1 / AF2 of Mask R-CNN,
-LevelSet phi_0 and LevelSet phi_N, with the budget and wall time, and writes JSON shaped
-``{dataset: {model: {"AP", "AP50", "AF1", "AF2", ...}}}``::
+Reports mask AP, AP50 (pycocotools, percent), the boundary AF1 / AF2 and the box AP of each
+row, with the budget and wall time (train + eval, per model), and writes JSON shaped
+``{dataset: {row: {"AP", "AP50", "AF1", "AF2", "box_AP", ...}}}``::
 
     python benchmarks/bench_quality.py --json bench_results/quality.json            # full
     python benchmarks/bench_quality.py --iters 200 --datasets synthetic --json q.json  # short
+    python benchmarks/bench_quality.py --models lsloss delse delse_hp ...             # Table 3
 
 This is a benchmark, not a test: on a 2-core CPU the default budget takes hours.
 """
@@ -28,8 +38,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DSB_DEFAULT = REPO.parent / "shared" / "data" / "dsb2018_nuclei" / "stage1_train"
-MODELS = ("maskrcnn", "levelset_phi0", "levelset_phiN")
 METRICS = ("AP", "AP50", "AF1", "AF2")
+#: ``--models`` name -> (model.arch, extra overrides, output folder, {row: results key}).
+MODEL_SPECS: dict[str, tuple[str, tuple[str, ...], str, dict[str, str]]] = {
+    "maskrcnn": ("mask_rcnn", (), "mask_rcnn", {"maskrcnn": "segm/masks"}),
+    "levelset": ("levelset_rcnn", (), "levelset_rcnn",
+                 {"levelset_phi0": "segm/masks_phi0", "levelset_phiN": "segm/masks"}),
+    "lsloss": ("levelset_rcnn", ("model.mask_head_type=lsloss",), "lsloss",
+               {"lsloss": "segm/masks"}),
+    "delse": ("levelset_rcnn", ("model.mask_head_type=delse",), "delse",
+              {"delse_phi0": "segm/masks_phi0", "delse_phiN": "segm/masks"}),
+    "delse_hp": ("levelset_rcnn", ("model.mask_head_type=delse_hp",), "delse_hp",
+                 {"delse_hp_phi0": "segm/masks_phi0", "delse_hp_phiN": "segm/masks"}),
+}
 
 
 def _recipe(dataset: str, args: argparse.Namespace, work: Path) -> tuple[Path, list[str]]:
@@ -53,14 +74,15 @@ def _recipe(dataset: str, args: argparse.Namespace, work: Path) -> tuple[Path, l
         f"data.train_ann={ann}", f"data.val_ann={ann}"]
 
 
-def run_one(dataset: str, arch: str, args: argparse.Namespace, work: Path) -> dict:
+def run_one(dataset: str, name: str, args: argparse.Namespace, work: Path) -> dict:
     from levelset_rcnn.config import load_config
     from levelset_rcnn.engine import Trainer
 
+    arch, extra, folder, _ = MODEL_SPECS[name]
     path, overrides = _recipe(dataset, args, work)
-    out = work / dataset / arch
-    cfg = load_config(path, overrides + list(args.set) + [f"model.arch={arch}",
-                                                          f"train.output_dir={out}"])
+    out = work / dataset / folder
+    cfg = load_config(path, overrides + list(args.set) + list(extra) + [
+        f"model.arch={arch}", f"train.output_dir={out}"])
     t0 = time.perf_counter()
     trainer = Trainer(cfg, progress=not args.quiet, tensorboard=False)
     result = trainer.train()
@@ -71,6 +93,7 @@ def run_one(dataset: str, arch: str, args: argparse.Namespace, work: Path) -> di
 
 def _row(segm: dict, run: dict) -> dict:
     row = {k: float(segm.get(k, math.nan)) for k in METRICS}
+    row["box_AP"] = float(run["results"].get("bbox", {}).get("AP", math.nan))
     row.update(iterations=run["iterations"], ims_per_batch=run["ims_per_batch"],
                wall_s=round(run["wall_s"], 1))
     return row
@@ -80,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", nargs="+", default=["synthetic", "dsb2018"],
                    choices=["synthetic", "dsb2018"])
+    p.add_argument("--models", nargs="+", default=list(MODEL_SPECS), choices=list(MODEL_SPECS),
+                   help="models to train and evaluate (default: all)")
     p.add_argument("--iters", type=int, default=3000,
                    help="training iterations per model (default: %(default)s)")
     p.add_argument("--backbone", default="resnet18")
@@ -95,26 +120,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
+    models = list(dict.fromkeys(args.models))
     report: dict[str, dict[str, dict]] = {}
     for dataset in args.datasets:
-        mrcnn = run_one(dataset, "mask_rcnn", args, args.work)
-        level = run_one(dataset, "levelset_rcnn", args, args.work)
-        report[dataset] = {
-            "maskrcnn": _row(mrcnn["results"]["segm/masks"], mrcnn),
-            "levelset_phi0": _row(level["results"]["segm/masks_phi0"], level),
-            "levelset_phiN": _row(level["results"]["segm/masks"], level),
-        }
-        print(f"\n{dataset}: {args.iters} iterations x {mrcnn['ims_per_batch']} images, "
-              f"{args.backbone} FPN, wall {mrcnn['wall_s']:.0f} s (Mask R-CNN) / "
-              f"{level['wall_s']:.0f} s (LevelSet R-CNN)")
-        print(f"| model | {' | '.join(METRICS)} |\n| --- |" + " ---: |" * len(METRICS))
-        for name in MODELS:
-            r = report[dataset][name]
-            print(f"| {name} | " + " | ".join(f"{r[m]:.1f}" for m in METRICS) + " |")
-        d = report[dataset]
-        print(f"phi_N - Mask R-CNN: AP {d['levelset_phiN']['AP'] - d['maskrcnn']['AP']:+.1f} "
-              f"(target +2), AF1 {d['levelset_phiN']['AF1'] - d['maskrcnn']['AF1']:+.1f} "
-              "(target +4)")
+        d: dict[str, dict] = {}
+        runs = {}
+        for name in models:
+            run = runs[name] = run_one(dataset, name, args, args.work)
+            for row, key in MODEL_SPECS[name][3].items():
+                d[row] = _row(run["results"][key], run)
+        report[dataset] = d
+        ims = next(iter(runs.values()))["ims_per_batch"]
+        walls = ", ".join(f"{n} {r['wall_s']:.0f} s" for n, r in runs.items())
+        print(f"\n{dataset}: {args.iters} iterations x {ims} images, {args.backbone} FPN, "
+              f"wall (train + eval) {walls}")
+        cols = (*METRICS, "box_AP")
+        print(f"| model | {' | '.join(cols)} |\n| --- |" + " ---: |" * len(cols))
+        for row, r in d.items():
+            print(f"| {row} | " + " | ".join(f"{r[m]:.1f}" for m in cols) + " |")
+        if "maskrcnn" in d and "levelset_phiN" in d:
+            print(f"phi_N - Mask R-CNN: AP {d['levelset_phiN']['AP'] - d['maskrcnn']['AP']:+.1f}"
+                  f" (target +2), AF1 {d['levelset_phiN']['AF1'] - d['maskrcnn']['AF1']:+.1f} "
+                  "(target +4)")
+        for name in ("levelset", "delse", "delse_hp"):
+            if f"{name}_phiN" in d:
+                a0, aN = d[f"{name}_phi0"]["AP"], d[f"{name}_phiN"]["AP"]
+                print(f"{name}: initial mask AP {a0:.1f}, final {aN:.1f} ({aN - a0:+.1f})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
