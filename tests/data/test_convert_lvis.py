@@ -18,7 +18,11 @@ from levelset_rcnn.data import CocoInstanceDataset, DatasetError
 from levelset_rcnn.data.converters import COCO80_CAT_IDS, COCO80_NAMES
 from levelset_rcnn.data.converters.lvis import convert_lvis
 from levelset_rcnn.engine.inference import evaluate_model
-from levelset_rcnn.evaluation.lvis_evaluator import COCO_LVIS_SYNSETS, LVISEvaluator
+from levelset_rcnn.evaluation.lvis_evaluator import (
+    COCO_LVIS_SYNSETS,
+    LVISEvaluator,
+    LVISFormatError,
+)
 from levelset_rcnn.modeling import levelset_rcnn
 
 from ..evaluation.test_lvis_evaluator import (
@@ -149,12 +153,30 @@ def test_lvis_file_lacking_coco_synsets(tmp_path):
         convert_lvis(write(tmp_path, data), tmp_path / "o.json", progress=False)
 
 
+def test_drop_missing_keeps_the_80_categories(tmp_path):
+    # LVIS v1 has no hot dog (frank.n.02).
+    data = full_lvis()
+    data["categories"] = [c for c in data["categories"] if c["synset"] != "frank.n.02"]
+    src = write(tmp_path, data)
+    with pytest.raises(DatasetError, match=r"58 'hot dog' -> 'frank\.n\.02'"):
+        convert_lvis(src, tmp_path / "o.json", progress=False)
+    out = convert_lvis(src, tmp_path / "o.json", drop_missing=True, progress=False)
+    cats = {c["id"]: c for c in json.loads(out.read_text())["categories"]}
+    assert sorted(cats) == list(COCO80_CAT_IDS)
+    assert cats[58] == {"id": 58, "name": "hot dog", "supercategory": "food", "lvis_id": None}
+    # The output serves as LVIS ground truth too; hot dog must be dropped there as well.
+    with pytest.raises(LVISFormatError, match=r"58 'hot dog'.*have no 'synset', e\.g\. id 58"):
+        LVISEvaluator(out, label_to_cat_id={**LABEL_TO_COCO, 4: 58})
+    ev = LVISEvaluator(out, label_to_cat_id={**LABEL_TO_COCO, 4: 58}, drop_missing=True)
+    assert run(ev, PARTIAL)["lvis_segm/masks"]["AP"] == pytest.approx(100 * (56 / 101 + 0.5) / 3)
+
+
 def test_not_an_lvis_file(tmp_path):
     data = full_lvis()
     for c in data["categories"]:
         c.pop("synset")
-    with pytest.raises(DatasetError, match=r"lvis_val\.json: category id 1 \(aerosol_can\) "
-                                           r"has no 'synset'"):
+    with pytest.raises(DatasetError, match=r"lvis_val\.json: no category has a 'synset' \(e\.g\. "
+                                           r"category id 1 \(aerosol_can\)\)"):
         convert_lvis(write(tmp_path, data), tmp_path / "o.json", progress=False)
     with pytest.raises(DatasetError, match="LVIS annotation file not found"):
         convert_lvis(tmp_path / "missing.json", tmp_path / "o.json", progress=False)

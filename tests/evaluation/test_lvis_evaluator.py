@@ -21,7 +21,7 @@ from levelset_rcnn.evaluation.lvis_evaluator import (
 )
 
 H, W = 48, 64
-# LVIS ids as in a real file are unrelated to COCO ids: person 793, car 207, dog 378; an LVIS
+# LVIS ids are unrelated to COCO ids (person 793, car 207, dog 378 here); an LVIS
 # category outside COCO (aerosol can) must not take part in AP*.
 PERSON, CAR, DOG, AEROSOL = 793, 207, 378, 1
 LABEL_TO_COCO = {1: 1, 2: 3, 3: 18}  # model labels: person, car, dog (COCO ids)
@@ -207,8 +207,19 @@ def test_mapping_by_synset():
 def test_missing_lvis_category_for_a_predicted_coco_class(lvis_file):
     # The model also predicts "hair drier" (COCO 89), which this LVIS file lacks.
     with pytest.raises(LVISFormatError, match=r"lvis_val\.json.*89 'hair drier' -> "
-                                              r"'hand_blower\.n\.01'"):
+                                              r"'hand_blower\.n\.01'.*--drop-missing"):
         LVISEvaluator(lvis_file, label_to_cat_id={**LABEL_TO_COCO, 4: 89})
+
+
+def test_drop_missing_discards_the_class_without_lvis_category(lvis_file):
+    # As LVIS v1 lacks "hot dog" (COCO 58): its detections, even on a ground-truth person,
+    # are discarded and the hand-computed AP* is unchanged.
+    ev = LVISEvaluator(lvis_file, label_to_cat_id={**LABEL_TO_COCO, 4: 58}, drop_missing=True)
+    assert 58 not in ev.coco_to_lvis
+    per_image = {k: list(v) for k, v in PARTIAL.items()}
+    per_image[101] += [(4, gt_box(1), 0.99), (4, (2, 30, 8, 8), 0.98)]
+    res = run(ev, per_image)["lvis_segm/masks"]
+    assert res["AP"] == pytest.approx(100 * (PERSON_AP + CAR_AP + DOG_AP) / 3)
 
 
 def test_label_mapped_to_a_non_coco_id_is_refused(lvis_file):
@@ -223,7 +234,13 @@ def test_model_of_other_classes_is_refused(lvis_file):
 
 
 @pytest.mark.parametrize("breakage, message", [
-    (lambda d: d["categories"][3].pop("synset"), r"category id 793 \(person\) has no 'synset'"),
+    (lambda d: d["categories"][3].pop("synset"), r"no LVIS category for 1 COCO categories .*1 "
+                                                 r"'person' -> 'person\.n\.01'; 1 categories "
+                                                 r"of the file have no 'synset', e\.g\. id 793 "
+                                                 r"\(person\)"),
+    (lambda d: [c.pop("synset") for c in d["categories"]], r"no category has a 'synset' "
+                                                            r"\(e\.g\. category id 1 "
+                                                            r"\(aerosol_can\)\): not an LVIS"),
     (lambda d: d.pop("categories"), r"missing the 'categories' list"),
     (lambda d: d["categories"][0].update(frequency="x"), r"category id 1 .* no 'frequency'"),
     (lambda d: d["images"][2].pop("neg_category_ids"), r"image id 103 has no "

@@ -12,9 +12,11 @@ official ``lvis`` package's ``LVISEval`` scores it with LVIS's federated rules:
   ``not_exhaustive_category_ids`` is ignored (not a false positive);
 - at most ``max_dets`` (300) detections per image, highest scores first.
 
-LVIS category ids are looked up by synset in the user's file, so LVIS v0.5 and v1 both work
-(their COCO synsets are the same), as does a file written by
-:func:`levelset_rcnn.data.converters.convert_lvis` (COCO category ids, synsets kept).
+LVIS category ids are looked up by synset in the user's file, so LVIS v0.5 (the protocol's
+version) and v1 both work, as does a file written by
+:func:`levelset_rcnn.data.converters.convert_lvis` (COCO category ids, synsets kept). LVIS v1
+has no ``frank.n.02`` (COCO "hot dog"): scoring on v1 needs ``drop_missing=True``, which
+leaves such classes out (their detections are discarded; AP* is over the other 79).
 """
 
 from __future__ import annotations
@@ -41,13 +43,14 @@ __all__ = ["LVISEvaluator", "LVISFormatError", "COCO_LVIS_SYNSETS", "LVIS_AP_NAM
            "read_lvis_json", "check_lvis_dict", "coco_to_lvis_category_ids"]
 
 logger = logging.getLogger(__name__)
+_DROPPED = -1  # LVIS id given to the labels of COCO classes left out by drop_missing
 LVIS_AP_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc",
                                   "APf")
 
 # COCO category id -> (COCO name, LVIS synset). The pairs are those of lvis-api's
-# data/coco_to_synset.json; some synsets are not the obvious word (cow -> beef.n.01,
-# handbag -> bag.n.04, suitcase -> bag.n.06, hot dog -> frank.n.02, potted plant -> pot.n.04,
-# hair drier -> hand_blower.n.01).
+# data/coco_to_synset.json (written for LVIS v0.5); some synsets are not the obvious word
+# (cow -> beef.n.01, handbag -> bag.n.04, suitcase -> bag.n.06, hot dog -> frank.n.02, potted
+# plant -> pot.n.04, hair drier -> hand_blower.n.01). LVIS v1 has all but frank.n.02.
 COCO_LVIS_SYNSETS: dict[int, tuple[str, str]] = {
     1: ("person", "person.n.01"), 2: ("bicycle", "bicycle.n.01"), 3: ("car", "car.n.01"),
     4: ("motorcycle", "motorcycle.n.01"), 5: ("airplane", "airplane.n.01"),
@@ -112,9 +115,12 @@ def check_lvis_dict(data: Any, source: str | Path) -> None:
     """Check the fields that LVIS evaluation reads; ``source`` names the file in messages.
 
     Needed: ``images`` (``id``, ``height``, ``width``, ``neg_category_ids``,
-    ``not_exhaustive_category_ids``), ``categories`` (``id``, ``synset``, ``frequency`` in
-    r/c/f) and ``annotations`` (``id``, ``image_id``, ``category_id`` of known records,
-    ``segmentation``, ``area``, ``bbox``).
+    ``not_exhaustive_category_ids``), ``categories`` (``id``; ``synset`` and a
+    ``frequency`` in r/c/f, at least one category having a synset) and ``annotations``
+    (``id``, ``image_id``, ``category_id`` of known records, ``segmentation``, ``area``,
+    ``bbox``). A category without ``synset`` (a COCO class that
+    :func:`~levelset_rcnn.data.converters.lvis.convert_lvis` left without LVIS category)
+    matches nothing.
 
     Raises:
         LVISFormatError: the first missing or inconsistent field, naming the record.
@@ -129,14 +135,20 @@ def check_lvis_dict(data: Any, source: str | Path) -> None:
     for k, cat in enumerate(data["categories"]):
         if not isinstance(cat, dict) or not isinstance(cat.get("id"), int):
             raise LVISFormatError(f"{source}: categories[{k}] has no integer 'id'")
+        cat_ids.add(cat["id"])
+        if "synset" not in cat:
+            continue
         what = f"{source}: category id {cat['id']} ({cat.get('name', '?')})"
-        if not isinstance(cat.get("synset"), str):
-            raise LVISFormatError(f"{what} has no 'synset' (not an LVIS file? LVIS categories "
-                                  "carry their WordNet synset, e.g. 'person.n.01')")
+        if not isinstance(cat["synset"], str):
+            raise LVISFormatError(f"{what}: 'synset' must be a string, got {cat['synset']!r}")
         if cat.get("frequency") not in ("r", "c", "f"):
             raise LVISFormatError(f"{what} has no 'frequency' 'r', 'c' or 'f' (got "
                                   f"{cat.get('frequency')!r})")
-        cat_ids.add(cat["id"])
+    if data["categories"] and not any("synset" in c for c in data["categories"]):
+        cat = data["categories"][0]
+        raise LVISFormatError(f"{source}: no category has a 'synset' (e.g. category id "
+                              f"{cat['id']} ({cat.get('name', '?')})): not an LVIS file? LVIS "
+                              "categories carry their WordNet synset, e.g. 'person.n.01'")
     img_ids = set()
     for k, img in enumerate(data["images"]):
         if not isinstance(img, dict) or not isinstance(img.get("id"), int):
@@ -164,25 +176,29 @@ def check_lvis_dict(data: Any, source: str | Path) -> None:
 
 
 def coco_to_lvis_category_ids(categories: Sequence[Mapping[str, Any]],
-                              coco_cat_ids: Sequence[int], *, source: str | Path
-                              ) -> dict[int, int]:
+                              coco_cat_ids: Sequence[int], *, source: str | Path,
+                              drop_missing: bool = False) -> dict[int, int]:
     """``{COCO category id: LVIS category id}`` for ``coco_cat_ids``, matched by synset.
 
     Args:
         categories: the LVIS file's ``categories`` records (``id``, ``synset``).
         coco_cat_ids: COCO category ids (1-90) to map.
         source: the LVIS file, named in messages.
+        drop_missing: leave out (with a warning) COCO categories whose synset the file
+            lacks, instead of raising; they are then absent from the result.
 
     Raises:
-        LVISFormatError: an id that is not one of the 80 COCO categories, a category without
-            ``synset``, a synset listed twice, or COCO categories whose synset the file
-            lacks (all of them are listed).
+        LVISFormatError: an id that is not one of the 80 COCO categories, a synset listed
+            twice, or (unless ``drop_missing``) COCO categories whose synset the file lacks
+            (all of them are listed).
     """
     by_synset: dict[str, int] = {}
+    no_synset = []
     for cat in categories:
         synset = cat.get("synset")
         if not isinstance(synset, str):
-            raise LVISFormatError(f"{source}: category id {cat.get('id')!r} has no 'synset'")
+            no_synset.append(f"{cat.get('id')} ({cat.get('name', '?')})")
+            continue
         if synset in by_synset:
             raise LVISFormatError(f"{source}: synset {synset!r} is listed by category ids "
                                   f"{by_synset[synset]} and {cat.get('id')}")
@@ -197,9 +213,16 @@ def coco_to_lvis_category_ids(categories: Sequence[Mapping[str, Any]],
     if missing:
         listed = ", ".join(f"{c} {COCO_LVIS_SYNSETS[c][0]!r} -> {COCO_LVIS_SYNSETS[c][1]!r}"
                            for c in missing)
-        raise LVISFormatError(f"{source}: no LVIS category for {len(missing)} COCO categories "
-                              f"the model predicts (COCO id, name -> synset): {listed}")
-    return {c: by_synset[COCO_LVIS_SYNSETS[c][1]] for c in coco_cat_ids}
+        message = (f"{source}: no LVIS category for {len(missing)} COCO categories the model "
+                   f"predicts (COCO id, name -> synset): {listed}")
+        if no_synset:
+            message += (f"; {len(no_synset)} categories of the file have no 'synset', e.g. "
+                        f"id {no_synset[0]}")
+        if not drop_missing:
+            raise LVISFormatError(message + " (LVIS v1 has no 'hot dog'; drop_missing=True / "
+                                  "--drop-missing leaves such classes out)")
+        logger.warning("%s; left out of LVIS AP*", message)
+    return {c: by_synset[COCO_LVIS_SYNSETS[c][1]] for c in coco_cat_ids if c not in missing}
 
 
 def restrict_lvis(data: Mapping[str, Any], lvis_cat_ids: set[int]) -> dict[str, Any]:
@@ -289,10 +312,12 @@ class LVISEvaluator(DatasetEvaluator):
         mask_threshold: probabilities above it are inside.
         max_dets: detections kept per image, by score (300 in the LVIS protocol).
         all_ranks: return results on every rank.
+        drop_missing: leave out COCO classes the LVIS file has no category for (LVIS v1:
+            hot dog); their detections are discarded.
 
     Raises:
-        LVISFormatError: an unreadable LVIS file, missing LVIS fields, or no LVIS category
-            for a COCO id the model predicts.
+        LVISFormatError: an unreadable LVIS file, missing LVIS fields, or (unless
+            ``drop_missing``) no LVIS category for a COCO id the model predicts.
     """
 
     def __init__(self, lvis_gt: str | Path | Mapping[str, Any], *,
@@ -300,7 +325,8 @@ class LVISEvaluator(DatasetEvaluator):
                  dataset_categories: Sequence[Mapping[str, Any]] | None = None,
                  iou_types: Sequence[str] = ("bbox", "segm"),
                  mask_keys: Sequence[str] = ("masks",), mask_threshold: float = 0.5,
-                 max_dets: int = 300, all_ranks: bool = False) -> None:
+                 max_dets: int = 300, all_ranks: bool = False,
+                 drop_missing: bool = False) -> None:
         bad = set(iou_types) - {"bbox", "segm"}
         if bad:
             raise ValueError(f"unsupported iou_types {sorted(bad)}; use 'bbox' and/or 'segm'")
@@ -316,8 +342,11 @@ class LVISEvaluator(DatasetEvaluator):
         if dataset_categories is not None:
             self._check_coco_names(dataset_categories, coco_ids)
         self.coco_to_lvis = coco_to_lvis_category_ids(data["categories"], coco_ids,
-                                                      source=self.source)
-        self.label_to_lvis = {lab: self.coco_to_lvis[c] for lab, c in self.label_to_cat_id.items()}
+                                                      source=self.source,
+                                                      drop_missing=drop_missing)
+        # labels of dropped classes map to _DROPPED; their records are discarded
+        self.label_to_lvis = {lab: self.coco_to_lvis.get(c, _DROPPED)
+                              for lab, c in self.label_to_cat_id.items()}
         self.lvis_gt = _LVISFromDict(restrict_lvis(data, set(self.coco_to_lvis.values())))
         self.iou_types = tuple(iou_types)
         self.mask_keys = tuple(mask_keys) if "segm" in self.iou_types else ()
@@ -357,9 +386,11 @@ class LVISEvaluator(DatasetEvaluator):
                         f"image id {image_id}: {key!r} is {shape[1]}x{shape[0]} but LVIS says "
                         f"the image is {info['width']}x{info['height']}; paste masks in "
                         "original image coordinates")
-            self._records.setdefault(image_id, output_to_records(
-                output, image_id, self.label_to_lvis, mask_keys=self.mask_keys,
-                mask_threshold=self.mask_threshold))
+            records = output_to_records(output, image_id, self.label_to_lvis,
+                                        mask_keys=self.mask_keys,
+                                        mask_threshold=self.mask_threshold)
+            self._records.setdefault(image_id, [r for r in records
+                                                if r["category_id"] != _DROPPED])
 
     def _gathered(self) -> dict[int, list[dict[str, Any]]]:
         merged: dict[int, list[dict[str, Any]]] = {}

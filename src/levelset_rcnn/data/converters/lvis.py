@@ -7,7 +7,8 @@ COCO-trained model read unchanged:
 
 - ``categories``: the 80 COCO categories with COCO's ids and names (so labels 1..80 are the
   COCO model's), each also carrying its LVIS ``synset``, ``frequency``, ``image_count``,
-  ``instance_count`` and ``lvis_id``;
+  ``instance_count`` and ``lvis_id`` (``None`` and no LVIS fields for a class the LVIS file
+  lacks, with ``drop_missing``);
 - ``images``: LVIS's ids (= COCO's), ``file_name = '<split>/<file>'`` from ``coco_url``
   (relative to the COCO root holding ``val2017/`` and ``train2017/``), and
   ``neg_category_ids`` / ``not_exhaustive_category_ids`` restricted to COCO categories and
@@ -18,7 +19,8 @@ The result is also a valid LVIS file (a "cocofied" LVIS), so
 :class:`~levelset_rcnn.evaluation.lvis_evaluator.LVISEvaluator` accepts it as well as the
 original LVIS JSON. The COCO <-> LVIS correspondence is by WordNet synset
 (:data:`~levelset_rcnn.evaluation.lvis_evaluator.COCO_LVIS_SYNSETS`), which works for LVIS
-v0.5 and v1.
+v0.5 and v1; v1 has no category for COCO's "hot dog" (``frank.n.02``), so converting v1
+needs ``drop_missing=True``.
 
 LVIS v1 val mixes COCO train2017 and val2017 images; a model trained on COCO train2017 has
 seen the former, so pass ``splits=("val2017",)`` to keep only val2017 images (LVIS v0.5 val,
@@ -69,7 +71,8 @@ def lvis_file_name(image: dict[str, Any], source: str | Path) -> str:
 
 
 def convert_lvis(lvis_json: str | Path, out: str | Path, *, splits: Sequence[str] | None = None,
-                 overwrite: bool = False, progress: bool = True) -> Path:
+                 drop_missing: bool = False, overwrite: bool = False, progress: bool = True
+                 ) -> Path:
     """Write the COCO-category subset of an LVIS file as COCO JSON (see the module docstring).
 
     Args:
@@ -77,6 +80,8 @@ def convert_lvis(lvis_json: str | Path, out: str | Path, *, splits: Sequence[str
         out: the JSON file to write.
         splits: keep only images whose ``coco_url`` folder is listed (e.g. ``("val2017",)``);
             ``None`` keeps all.
+        drop_missing: keep going (with a warning) when the LVIS file has no category for
+            some COCO class (LVIS v1: hot dog); that class then has no instances.
         overwrite: replace an existing ``out``.
         progress: show a tqdm bar.
 
@@ -86,19 +91,23 @@ def convert_lvis(lvis_json: str | Path, out: str | Path, *, splits: Sequence[str
     Raises:
         FileExistsError: ``out`` exists and not ``overwrite``.
         DatasetError: a missing or malformed LVIS file (the message names the file and the
-            record), or an LVIS file lacking the synset of some COCO category.
+            record), or (unless ``drop_missing``) an LVIS file lacking the synset of some
+            COCO category.
     """
     check_output(out, overwrite)
     try:
         data = read_lvis_json(lvis_json)
         coco_to_lvis = coco_to_lvis_category_ids(data["categories"], COCO80_CAT_IDS,
-                                                 source=lvis_json)
+                                                 source=lvis_json, drop_missing=drop_missing)
     except LVISFormatError as exc:
         raise DatasetError(str(exc)) from exc
     lvis_to_coco = {lvis_id: coco_id for coco_id, lvis_id in coco_to_lvis.items()}
     lvis_cats = {c["id"]: c for c in data["categories"]}
     categories = []
     for cat in coco80_categories():
+        if cat["id"] not in coco_to_lvis:  # drop_missing
+            categories.append({**cat, "lvis_id": None})
+            continue
         lvis_cat = lvis_cats[coco_to_lvis[cat["id"]]]
         categories.append({**cat, "lvis_id": lvis_cat["id"],
                            **{k: lvis_cat[k] for k in _LVIS_CAT_FIELDS if k in lvis_cat}})
