@@ -191,7 +191,8 @@ def test_synset_table_is_the_80_coco_classes():
     assert sorted(COCO_LVIS_SYNSETS) == list(COCO80_CAT_IDS)
     assert [COCO_LVIS_SYNSETS[i][0] for i in COCO80_CAT_IDS] == list(COCO80_NAMES)
     assert len({s for _, s in COCO_LVIS_SYNSETS.values()}) == 80
-    # Entries typed in from lvis_v1_val.json's categories (name: synset).
+    # Entries typed in from lvis-api's coco_to_synset.json (all but frank.n.02 are also in
+    # LVIS v1's category list).
     known = {1: "person.n.01", 13: "stop_sign.n.01", 21: "beef.n.01", 31: "bag.n.04",
              33: "bag.n.06", 58: "frank.n.02", 64: "pot.n.04", 72: "television_receiver.n.01",
              89: "hand_blower.n.01"}
