@@ -237,23 +237,21 @@ class TTAWrapper(nn.Module):
             for k, v in self._masks_in_view(run, merged, sizes).items():
                 total[k] = total[k] + v if k in total else v
         mean = {k: v / len(runs) for k, v in total.items()}
-        if "probs" in mean:
-            probs = mean["probs"]
-        else:
-            final = mean.get("phiN", mean["phi0"])
-            probs = heaviside(final, LOSS_EPS)
+        binary = "probs" in mean
+        final = mean["probs"] if binary else mean.get("phiN", mean["phi0"])
+        probs = final if binary else heaviside(final, LOSS_EPS)
         counts = [len(d["boxes"]) for d in merged]
+        initial = mean.get("phi0", final).split(counts)
         results = []
-        for i, (d, s) in enumerate(zip(merged, sizes, strict=True)):
-            lo, hi = sum(counts[:i]), sum(counts[: i + 1])
+        for d, s, p, phi_n, phi_0 in zip(merged, sizes, probs.split(counts),
+                                          final.split(counts), initial, strict=True):
             r: dict[str, Any] = dict(d)
-            r["masks"] = paste_masks_in_image(probs[lo:hi], d["boxes"], s)
-            if "probs" not in mean:
-                tsdf = mean.get("phiN", mean["phi0"])[lo:hi]
+            r["masks"] = paste_masks_in_image(p, d["boxes"], s)
+            if not binary:
                 if self.return_contours:
-                    r["contours"] = tsdf_to_polygons(tsdf, d["boxes"])
+                    r["contours"] = tsdf_to_polygons(phi_n, d["boxes"])
                 if self.return_tsdf:
-                    r["tsdf"] = tsdf
-                    r["tsdf_init"] = mean["phi0"][lo:hi]
+                    r["tsdf"] = phi_n
+                    r["tsdf_init"] = phi_0
             results.append(r)
         return results
