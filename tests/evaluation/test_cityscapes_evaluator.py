@@ -288,3 +288,16 @@ def test_engine_evaluation_loop(tree, dataset):
     assert res["cityscapes/masks"]["AP"] == pytest.approx(100)
     # phi_0 = 1 everywhere pastes a box-shaped mask: the rectangles are found at IoU 0.5
     assert res["cityscapes/masks_phi0"]["per_class"]["truck"]["AP50"] == pytest.approx(100)
+
+
+@pytest.mark.parametrize("shape", [(37, 101), (5, 3), (64, 128)])
+def test_mask_png_round_trip(tmp_path, shape):
+    """The written 1-bit PNG, read as the official code reads it, is the mask (any width)."""
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    mask = (np.random.default_rng(shape[0]).random(shape) > 0.5).astype(np.uint8)
+    decoded = mask_utils.decode(mask_utils.encode(np.asfortranarray(mask)))
+    cs_module._mask_image(decoded).save(tmp_path / "m.png")
+    read = np.array(Image.open(tmp_path / "m.png").convert("L")) != 0
+    assert np.array_equal(read, mask.astype(bool))

@@ -150,6 +150,15 @@ def _gt_file(gt_dir: Path, file_name: str) -> Path:
     return gt_dir / path.parent.name / f"{stem[: -len(_IMAGE_SUFFIX)]}{_GT_SUFFIX}"
 
 
+def _mask_image(mask: np.ndarray) -> Image.Image:
+    """A 1-bit image of a binary ``(H, W)`` uint8 mask as pycocotools decodes it (Fortran
+    order): its transpose is C-ordered, so pack that and let Pillow transpose (about 4x
+    faster than a NumPy C-order copy or ``Image.fromarray`` of a bool array)."""
+    h, w = mask.shape
+    packed = np.packbits(np.asarray(mask.T, dtype=bool), axis=1)
+    return Image.frombytes("1", (h, w), packed.tobytes()).transpose(Image.Transpose.TRANSPOSE)
+
+
 def _percent(value: Any) -> float:
     value = float(value)
     return math.nan if math.isnan(value) else 100.0 * value
@@ -271,11 +280,10 @@ class CityscapesEvaluator(DatasetEvaluator):
         city_dir.mkdir(parents=True, exist_ok=True)
         lines = []
         for k, rec in enumerate(self._merged[image_id]):
-            mask = mask_utils.decode(rec[key]).astype(bool)
-            if not mask.any():  # the official code skips empty masks; save the write
+            if not mask_utils.area(rec[key]):  # the official code skips empty masks
                 continue
             png = f"{base}_{k}.png"
-            Image.fromarray(mask).save(city_dir / png, compress_level=1)  # 1-bit PNG
+            _mask_image(mask_utils.decode(rec[key])).save(city_dir / png, compress_level=1)
             lines.append(f"{png} {rec['category_id']} {rec['score']:.9g}\n")
         txt = city_dir / f"{base}_pred.txt"
         txt.write_text("".join(lines))
