@@ -294,6 +294,12 @@ def test_predict_batch_tta_keeps_phi0_masks() -> None:
     ref = add_phi0_masks({k: out[k] for k in ("masks", "boxes", "tsdf_init")})
     assert torch.equal(ref["masks_phi0"], out["masks_phi0"])
     assert not model.return_tsdf  # restored
+    # the wrapper itself drives like a model (return_tsdf, refines_initial_tsdf delegated)
+    (again,) = predict_batch(TTAWrapper(model, [64, 80]), images, torch.device("cpu"),
+                             phi0=True)
+    assert set(again) == set(out) and not model.training
+    for key in ("boxes", "masks", "masks_phi0", "tsdf_init"):
+        assert torch.equal(again[key], out[key])
 
 
 # ---------------------------------------------------------------------------------------------

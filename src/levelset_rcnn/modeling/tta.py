@@ -93,6 +93,7 @@ class TTAWrapper(nn.Module):
                 raise TypeError(f"TTAWrapper needs a torchvision-style detector with "
                                 f"{name!r}; {type(model).__name__} has none")
         self.model = model
+        self.training = model.training  # so that .train(was_training) round-trips
         sizes = tuple(min_sizes) if min_sizes else (int(model.transform.min_size[-1]),)
         bad = [s for s in sizes if not (isinstance(s, int) and s > 0)]
         if bad:
