@@ -94,13 +94,15 @@ def read_instance_ids(path: str | Path) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def _check_label_ids(ids: np.ndarray, path: Path) -> None:
-    label_ids = np.where(ids < 1000, ids, ids // 1000)
-    unknown = sorted({int(v) for v in np.unique(label_ids)} - set(id2label))
-    if unknown:
-        values = sorted({int(v) for v in np.unique(ids[np.isin(label_ids, unknown)])})
-        raise DatasetError(f"{path}: unknown Cityscapes label id(s) {unknown} (pixel values "
-                           f"{values[:10]}); known ids are those of cityscapesscripts' labels.py")
+def _check_label_ids(values: np.ndarray, path: Path) -> None:
+    """``values``: the distinct pixel values of an instanceIds image."""
+    label_ids = np.where(values < 1000, values, values // 1000)
+    bad = ~np.isin(label_ids, list(id2label))
+    if bad.any():
+        raise DatasetError(f"{path}: unknown Cityscapes label id(s) "
+                           f"{sorted(set(label_ids[bad].tolist()))} (pixel values "
+                           f"{values[bad].tolist()[:10]}); known ids are those of "
+                           "cityscapesscripts' labels.py")
 
 
 def convert_cityscapes(src: str | Path, out: str | Path, *, split: str = "val",
@@ -143,9 +145,11 @@ def convert_cityscapes(src: str | Path, out: str | Path, *, split: str = "val",
         if ids.shape != (h, w):
             raise DatasetError(f"{gt_path} is {ids.shape[1]}x{ids.shape[0]} but its image "
                                f"{path} is {w}x{h}")
-        _check_label_ids(ids, gt_path)
+        values = np.unique(ids)
+        _check_label_ids(values, gt_path)
         image_id = builder.add_image(rel, h, w)
-        for value in np.unique(ids).tolist():
+        ids = np.asfortranarray(ids)  # masks inherit the column order RLE encoding wants
+        for value in values.tolist():
             label_id = value if value < 1000 else value // 1000
             if label_id not in CITYSCAPES_INSTANCE_LABELS:
                 continue
