@@ -116,7 +116,7 @@ def test_one_missing_car_gives_car_ap_50(tree, dataset):
     assert res["AP"] == pytest.approx(90) and res["AP50"] == pytest.approx(90)
 
 
-def test_higher_scored_false_positive_gives_person_ap_25(tree, dataset):
+def test_higher_scored_false_positive_gives_person_ap_one_third(tree, dataset):
     """Person: 2 gt, both found with score 0.9, plus a false positive on the road (not void)
     with score 0.95. Sorted by ascending score: [TP .9, TP .9, FP .95]; at threshold .9
     (tp 2, fp 1): precision 2/3, recall 1; at .95 (tp 0, fp 1): precision 0, recall 0; the
