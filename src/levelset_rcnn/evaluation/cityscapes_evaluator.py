@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 import warnings
@@ -92,6 +93,17 @@ def _in1d(ar1: Any, ar2: Any, **kwargs: Any) -> np.ndarray:
 
 
 @contextlib.contextmanager
+def _working_dir(path: Path) -> Iterator[None]:
+    """``contextlib.chdir`` for Python 3.10."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+@contextlib.contextmanager
 def _official_code_compat() -> Iterator[None]:
     """Run cityscapesscripts 2.3 under NumPy >= 2.4 for the duration of one evaluation:
     ``np.in1d`` (removed in NumPy 2.4) is provided, and its JSON writer accepts NumPy
@@ -130,7 +142,7 @@ def run_cityscapes_evaluation(pred_files: Sequence[str | Path], gt_files: Sequen
     preds = [str(Path(p).resolve()) for p in pred_files]
     gts = [str(Path(g).resolve()) for g in gt_files]
     out = io.StringIO()
-    with (_official_code_compat(), contextlib.chdir(prediction_path),
+    with (_official_code_compat(), _working_dir(prediction_path),
           contextlib.redirect_stdout(out), warnings.catch_warnings()):
         warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of classes without gt
         try:
