@@ -39,14 +39,16 @@ class ModelConfig:
     arch: str = "levelset_rcnn"          # "levelset_rcnn" | "mask_rcnn"
     backbone: str = "resnet50"
     weights: str | None = None           # COCO Mask R-CNN weights ("DEFAULT" or a file)
-    weights_backbone: str | None = None  # ImageNet backbone weights ("DEFAULT" or None)
+    weights_backbone: str | None = None  # ImageNet backbone weights ("DEFAULT", an enum name,
+    #                                      or a local torchvision state-dict file)
     num_classes: int | None = None       # including background; None: from the dataset
     trainable_backbone_layers: int | None = None
     fpn_channels: int = 256
     box_representation_size: int = 1024
     mask_layers: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
     predictor_channels: int = 256
-    mask_head_type: str = "levelset"     # levelset | tsdf (ignored for mask_rcnn)
+    mask_head_type: str = "levelset"     # levelset | tsdf | lsloss | delse | delse_hp
+    #                                      (ignored for mask_rcnn)
     mask_resolution: int = 28            # mask_rcnn only: 28 or 112
     num_steps: int = 3
     cv_channels: int = 64
@@ -120,7 +122,8 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation settings (COCO AP, AF1/AF2)."""
+    """Evaluation settings: COCO AP + AF1/AF2 (``coco``), the official Cityscapes AP / AP50
+    (``cityscapes``) or LVIS AP* (``lvis``); optional test-time augmentation."""
 
     boundary: bool = True
     mask_threshold: float = 0.5
@@ -129,6 +132,7 @@ class EvalConfig:
     evaluator: str = "coco"              # coco | cityscapes | lvis
     cityscapes_gt: str = ""              # cityscapes: the gtFine/<split> folder
     lvis_ann: str = ""                   # lvis: LVIS val JSON (COCO-trained model, AP*)
+    lvis_drop_missing: bool = False      # lvis: leave out COCO classes the file lacks (v1)
     tta: bool = False                    # test-time augmentation (flip / multi-scale)
     tta_flip: bool = True
     tta_min_sizes: list[int] = field(default_factory=list)  # empty: the model's test size
@@ -301,5 +305,15 @@ def validate(cfg: Config) -> None:
     if cfg.eval.evaluator not in ("coco", "cityscapes", "lvis"):
         raise ConfigError(f"eval.evaluator must be coco, cityscapes or lvis, got "
                           f"{cfg.eval.evaluator!r}")
+    if cfg.eval.evaluator == "cityscapes" and not cfg.eval.cityscapes_gt:
+        raise ConfigError("eval.evaluator=cityscapes needs eval.cityscapes_gt (the "
+                          "gtFine/<split> folder, e.g. datasets/cityscapes/gtFine/val)")
+    if cfg.eval.evaluator == "lvis" and not cfg.eval.lvis_ann:
+        raise ConfigError("eval.evaluator=lvis needs eval.lvis_ann (the LVIS val JSON, e.g. "
+                          "datasets/lvis/lvis_v0.5_val.json)")
+    bad = [s for s in cfg.eval.tta_min_sizes if s <= 0]
+    if bad:
+        raise ConfigError(f"eval.tta_min_sizes must be positive shorter-edge sizes, got "
+                          f"{cfg.eval.tta_min_sizes}")
     if cfg.train.checkpoint_period < 1:
         raise ConfigError("train.checkpoint_period must be >= 1")

@@ -23,8 +23,10 @@ def test_help_is_complete(command: str, capsys: pytest.CaptureFixture[str]) -> N
     assert exc.value.code == 0
     text = capsys.readouterr().out
     for flag in {"train": ["--config", "--resume", "--overwrite", "KEY=VALUE"],
-                 "eval": ["--weights", "--ann", "--output", "--overwrite"],
-                 "predict": ["--weights", "--polygons", "--score-thresh", "--overwrite"],
+                 "eval": ["--weights", "--ann", "--output", "--overwrite", "--tta",
+                          "--tta-sizes", "eval.evaluator"],
+                 "predict": ["--weights", "--polygons", "--score-thresh", "--overwrite",
+                             "--tta"],
                  "demo": ["--output", "--quick", "--max-iter", "--overwrite"]}[command]:
         assert flag in text
     assert command in build_parser().format_help()

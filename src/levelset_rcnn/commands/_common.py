@@ -50,13 +50,14 @@ def guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
         from ..config import ConfigError
         from ..data.errors import DatasetError
         from ..engine import TrainingDivergedError
+        from ..evaluation import LVISFormatError
         from ..modeling import WeightsUnavailableError
 
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
         try:
             return fn(args)
         except (ConfigError, DatasetError, WeightsUnavailableError, FileNotFoundError,
-                FileExistsError, TrainingDivergedError) as exc:
+                FileExistsError, TrainingDivergedError, LVISFormatError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
 

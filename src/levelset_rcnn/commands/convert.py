@@ -11,7 +11,7 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
-        help="convert a dataset (Cityscapes, DSB2018 masks, YOLO segmentation, synthetic) to "
+        help="convert a dataset (Cityscapes, LVIS, DSB2018 masks, YOLO segmentation, synthetic) to "
              "COCO JSON",
         description="Write a COCO instances JSON from another layout. An existing output is "
                     "never replaced without --overwrite.")
@@ -62,7 +62,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--split", default="train", help="split name (default: %(default)s)")
     s.set_defaults(func=_synthetic)
 
-    for parser in (c, d, y, s):
+    v = kinds.add_parser(
+        "lvis", help="LVIS annotations restricted to the 80 COCO classes (LVIS AP*)",
+        description="LVIS_JSON -> COCO JSON with COCO's 80 categories and ids, for running a "
+                    "COCO-trained model on LVIS val (AP*). file_name is <split>/<file> from "
+                    "each image's coco_url, relative to the COCO root that holds val2017/ and "
+                    "train2017/. The LVIS fields (neg_category_ids, "
+                    "not_exhaustive_category_ids) are kept, mapped to COCO ids.")
+    v.add_argument("lvis_json", type=Path, help="LVIS annotations, e.g. lvis_v0.5_val.json")
+    v.add_argument("out", type=Path, help="output JSON")
+    v.add_argument("--splits", nargs="+", default=None, metavar="SPLIT",
+                   help="keep only images from these COCO folders, e.g. val2017 (default: all)")
+    v.add_argument("--drop-missing", action="store_true",
+                   help="leave out COCO classes the LVIS file lacks (LVIS v1 has no hot dog)")
+    v.set_defaults(func=_lvis)
+
+    for parser in (c, d, v, y, s):
         parser.add_argument("--overwrite", action="store_true",
                             help="replace an existing output")
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -90,6 +105,15 @@ def _guarded(fn):
             return 1
 
     return run
+
+
+@_guarded
+def _lvis(args: argparse.Namespace) -> Path:
+    from ..data.converters import convert_lvis
+
+    return convert_lvis(args.lvis_json, args.out, splits=args.splits,
+                        drop_missing=args.drop_missing, overwrite=args.overwrite,
+                        progress=not args.quiet)
 
 
 @_guarded

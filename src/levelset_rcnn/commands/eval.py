@@ -1,4 +1,5 @@
-"""``levelset-rcnn eval``: COCO box / mask AP and boundary AF1 / AF2 of a trained model."""
+"""``levelset-rcnn eval``: box / mask AP of a trained model: COCO (with boundary AF1 / AF2),
+the official Cityscapes AP / AP50 per class, or LVIS AP* (``eval.evaluator``)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "checkpoint_last.pth) on the recipe's validation set, or on --images / "
                     "--ann. LevelSet R-CNN is scored twice in one pass: its final masks "
                     "H(phi_N) ('masks') and its initial ones H(phi_0) ('masks_phi0'). Writes "
-                    "OUTPUT/eval_results.json. Works under torchrun (each process takes a "
+                    "OUTPUT/eval_results.json. The metric is the recipe's eval.evaluator: "
+                    "coco (default: box / mask AP, AF1 / AF2), cityscapes (the official "
+                    "instance-level AP / AP50 per class, against eval.cityscapes_gt) or lvis "
+                    "(AP* against eval.lvis_ann). Works under torchrun (each process takes a "
                     "share of the images).")
     p.add_argument("--weights", type=Path, required=True, help="trained model file")
     p.add_argument("--config", type=Path, default=None,
@@ -37,13 +41,30 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def format_table(table: dict[str, dict[str, float]]) -> str:
-    """Markdown table of mask AP / AF rows."""
+    """Markdown table of the mask rows (the columns the evaluator reported)."""
     names = {"masks": "final masks (phi_N / Mask R-CNN)", "masks_phi0": "initial phi_0"}
-    cols = ("AP", "AP50", "AP75", "AF1", "AF2")
+    cols = [c for c in ("AP", "AP50", "AP75", "APr", "APc", "APf", "AF1", "AF2")
+            if any(c in row for row in table.values())]
     lines = ["| masks | " + " | ".join(cols) + " |", "| --- |" + " ---: |" * len(cols)]
     for key, row in table.items():
         lines.append(f"| {names.get(key, key)} | "
                      + " | ".join(f"{row.get(c, float('nan')):.1f}" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def format_per_class(results: dict) -> str:
+    """Markdown table of per-class mask AP / AP50 (Cityscapes, as in the paper's Table 1)."""
+    sets = {k.split("/", 1)[1]: v["per_class"] for k, v in results.items()
+            if k.startswith("cityscapes/") and isinstance(v, dict) and "per_class" in v}
+    if not sets:
+        return ""
+    classes = list(next(iter(sets.values())))
+    lines = ["| masks | metric | " + " | ".join(classes) + " |",
+             "| --- | --- |" + " ---: |" * len(classes)]
+    for key, per in sets.items():
+        for metric in ("AP", "AP50"):
+            lines.append(f"| {key} | {metric} | " + " | ".join(
+                f"{per[c].get(metric, float('nan')):.1f}" for c in classes) + " |")
     return "\n".join(lines)
 
 
@@ -59,7 +80,7 @@ def _run(args: argparse.Namespace) -> int:
         init_distributed,
         resolve_device,
     )
-    from ..engine.inference import evaluate_model, make_evaluator, tta_kwargs
+    from ..engine.inference import build_evaluator, evaluate_model, tta_kwargs
 
     overrides = collect_overrides(args) + tta_overrides(args)
     if args.device:
@@ -81,9 +102,7 @@ def _run(args: argparse.Namespace) -> int:
         loader = build_val_loader(ds, rank=get_rank(), world_size=get_world_size(),
                                   max_images=args.max_images or cfg.eval.max_images)
         model.to(device)
-        evaluator = make_evaluator(ds, model, boundary=cfg.eval.boundary,
-                                   mask_threshold=cfg.eval.mask_threshold,
-                                   max_dets=cfg.eval.max_dets)
+        evaluator = build_evaluator(ds, model, cfg.eval, output_dir=out)
         results = evaluate_model(model, loader, evaluator, device,
                                  progress=not args.no_progress, **tta_kwargs(cfg.eval))
         if get_rank() == 0:
@@ -91,6 +110,9 @@ def _run(args: argparse.Namespace) -> int:
             path.write_text(json.dumps(results, indent=2))
             print(f"box AP {results['bbox']['AP']:.1f}" if "bbox" in results else "")
             print(format_table(metrics_table(results)))
+            per_class = format_per_class(results)
+            if per_class:
+                print(per_class)
             print(f"wrote {path}")
     finally:
         cleanup()

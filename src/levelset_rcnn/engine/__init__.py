@@ -13,15 +13,23 @@ from .checkpoint import (
     set_rng_state,
 )
 from .data import ResumableBatchSampler, build_datasets, build_train_loader, build_val_loader
-from .inference import add_phi0_masks, evaluate_model, make_evaluator, metrics_table, predict_batch
+from .inference import (
+    add_phi0_masks,
+    build_evaluator,
+    evaluate_model,
+    make_evaluator,
+    metrics_table,
+    predict_batch,
+    tta_kwargs,
+)
 from .solver import build_optimizer, lr_at
 from .trainer import Trainer, TrainingDivergedError
 
 __all__ = [
     "FINAL_MODEL", "LAST_CHECKPOINT", "ResumableBatchSampler", "Trainer",
-    "TrainingDivergedError", "add_phi0_masks", "build_datasets", "build_model",
+    "TrainingDivergedError", "add_phi0_masks", "build_datasets", "build_evaluator", "build_model",
     "build_optimizer", "build_train_loader", "build_val_loader", "evaluate_model",
     "load_checkpoint", "load_trained_model", "lr_at", "make_evaluator", "metrics_table",
     "model_kwargs",
-    "model_state", "predict_batch", "rng_state", "save_checkpoint", "set_rng_state",
+    "model_state", "predict_batch", "rng_state", "save_checkpoint", "set_rng_state", "tta_kwargs",
 ]

@@ -4,6 +4,7 @@ test-time augmentation (:class:`~levelset_rcnn.modeling.tta.TTAWrapper`: flip / 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,14 +13,14 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from tqdm import tqdm
 
 from ..config import ConfigError, EvalConfig
-from ..evaluation import COCOEvaluator
+from ..evaluation import CityscapesEvaluator, COCOEvaluator, DatasetEvaluator, LVISEvaluator
 from ..levelset import heaviside
 from ..modeling import LOSS_EPS
 from ..modeling.tta import TTAWrapper
 from .distributed import is_main_process
 
-__all__ = ["add_phi0_masks", "evaluate_model", "has_phi0", "make_evaluator", "metrics_table",
-           "predict_batch", "tta_kwargs", "unwrap"]
+__all__ = ["add_phi0_masks", "build_evaluator", "evaluate_model", "has_phi0", "make_evaluator",
+           "metrics_table", "predict_batch", "tta_kwargs", "unwrap"]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -101,7 +102,7 @@ def predict_batch(model: nn.Module, images: Iterable[Tensor], device: torch.devi
     return results
 
 
-def evaluate_model(model: nn.Module, loader: Iterable, evaluator: COCOEvaluator,
+def evaluate_model(model: nn.Module, loader: Iterable, evaluator: DatasetEvaluator,
                    device: torch.device, *, progress: bool = True, tta: bool = False,
                    tta_flip: bool = True, tta_min_sizes: Sequence[int] = ()) -> dict[str, Any]:
     """Run ``model`` over ``loader`` (batches of ``(images, targets)``) and evaluate.
@@ -133,12 +134,58 @@ def make_evaluator(dataset: Any, model: nn.Module, *, boundary: bool = True,
                          boundary=boundary, mask_threshold=mask_threshold, max_dets=max_dets)
 
 
+def build_evaluator(dataset: Any, model: nn.Module, cfg: EvalConfig, *,
+                    output_dir: str | Path | None = None) -> DatasetEvaluator:
+    """The evaluator a recipe's ``eval`` section asks for (``eval.evaluator``):
+
+    * ``coco``: :func:`make_evaluator` (box / mask AP, AF1 / AF2);
+    * ``cityscapes``: the official Cityscapes instance-level AP / AP50, overall and per class,
+      against ``eval.cityscapes_gt`` (prediction files kept under ``output_dir/cityscapes``
+      when ``output_dir`` is given);
+    * ``lvis``: LVIS AP* (federated, COCO classes) against ``eval.lvis_ann``.
+
+    LevelSet R-CNN is scored twice in every case: ``masks`` (phi_N) and ``masks_phi0``.
+    """
+    from .data import base_dataset
+
+    if cfg.evaluator == "coco":
+        return make_evaluator(dataset, model, boundary=cfg.boundary,
+                              mask_threshold=cfg.mask_threshold, max_dets=cfg.max_dets)
+    base = base_dataset(dataset)
+    keys = ("masks", "masks_phi0") if has_phi0(model) else ("masks",)
+    if cfg.evaluator == "cityscapes":
+        if not cfg.cityscapes_gt:
+            raise ConfigError("eval.evaluator=cityscapes needs eval.cityscapes_gt (the "
+                              "gtFine/<split> folder)")
+        out = Path(output_dir) / "cityscapes" if output_dir is not None else None
+        return CityscapesEvaluator(base.coco, base.label_to_cat_id, cfg.cityscapes_gt,
+                                   mask_keys=keys, mask_threshold=cfg.mask_threshold,
+                                   output_dir=out)
+    if cfg.evaluator == "lvis":
+        if not cfg.lvis_ann:
+            raise ConfigError("eval.evaluator=lvis needs eval.lvis_ann (the LVIS val JSON)")
+        # LVIS's protocol keeps 300 detections per image (eval.max_dets is COCO's 100).
+        return LVISEvaluator(cfg.lvis_ann, label_to_cat_id=base.label_to_cat_id,
+                             dataset_categories=base.coco.dataset["categories"], mask_keys=keys,
+                             mask_threshold=cfg.mask_threshold,
+                             drop_missing=cfg.lvis_drop_missing)
+    raise ConfigError(f"eval.evaluator must be coco, cityscapes or lvis, got {cfg.evaluator!r}")
+
+
+#: Result keys of the mask rows per evaluator, and the columns worth showing.
+_MASK_PREFIXES = ("segm", "cityscapes", "lvis_segm")
+_COLUMNS = ("AP", "AP50", "AP75", "APr", "APc", "APf", "AF1", "AF2")
+
+
 def metrics_table(results: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """``{"phiN"|"maskrcnn": {...}, "phi0": {...}}`` rows of mask AP / AP50 / AP75 / AF1 / AF2,
-    plus box AP, from :meth:`COCOEvaluator.evaluate`'s dict."""
+    """``{"masks": {...}, "masks_phi0": {...}}`` rows of mask AP / AP50 / AP75 / AF1 / AF2
+    (COCO), AP / AP50 (Cityscapes) or AP / AP50 / AP75 / APr / APc / APf (LVIS), from an
+    evaluator's ``evaluate()`` dict."""
     rows = {}
-    for key, name in (("segm/masks", "masks"), ("segm/masks_phi0", "masks_phi0")):
-        if key in results:
-            r = results[key]
-            rows[name] = {k: float(r[k]) for k in ("AP", "AP50", "AP75", "AF1", "AF2") if k in r}
+    for prefix in _MASK_PREFIXES:
+        for name in ("masks", "masks_phi0"):
+            r = results.get(f"{prefix}/{name}")
+            if isinstance(r, dict):
+                rows[name] = {k: float(r[k]) for k in _COLUMNS
+                              if isinstance(r.get(k), int | float)}
     return rows

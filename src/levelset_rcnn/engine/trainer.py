@@ -38,7 +38,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .data import base_dataset, build_datasets, build_train_loader, build_val_loader
-from .inference import evaluate_model, make_evaluator, metrics_table, unwrap
+from .inference import build_evaluator, evaluate_model, metrics_table, tta_kwargs, unwrap
 from .solver import build_optimizer, lr_at, set_lr
 
 __all__ = ["Trainer", "TrainingDivergedError"]
@@ -293,11 +293,9 @@ class Trainer:
         ds = self.datasets["val"]
         loader = build_val_loader(ds, rank=self.rank, world_size=self.world_size,
                                   max_images=cfg.eval.max_images)
-        evaluator = make_evaluator(ds, self.model, boundary=cfg.eval.boundary,
-                                   mask_threshold=cfg.eval.mask_threshold,
-                                   max_dets=cfg.eval.max_dets)
+        evaluator = build_evaluator(ds, self.model, cfg.eval, output_dir=self.output_dir)
         results = evaluate_model(self.model, loader, evaluator, self.device,
-                                 progress=self.progress)
+                                 progress=self.progress, **tta_kwargs(cfg.eval))
         self.model.train()
         if not du.is_main_process():
             return {}
