@@ -10,6 +10,12 @@ The paper's Table 3 competitors are one argument away: ``mask_head_type="lsloss"
 with the Chan-Vese energy loss), ``"delse"`` or ``"delse_hp"`` (DELSE's edge-based evolution).
 """
 
+from .backbones import (
+    DeformConv2dPack,
+    PathAggregation,
+    load_backbone_state_dict,
+    make_deformable,
+)
 from .builders import (
     BACKBONES,
     levelset_rcnn,
@@ -38,6 +44,7 @@ from .heads import (
 from .levelset_rcnn import LevelSetRCNN, validate_inputs
 from .losses import LOSS_EPS, chan_vese_energy_loss, levelset_targets, tsdf_loss
 from .roi_heads import DEFAULT_TRUNCATION, MASK_HEAD_TYPES, LevelSetRoIHeads
+from .tta import TTAView, TTAWrapper
 from .upsampled_cv import UpsampledChanVese
 from .weights import LoadReport, WeightsUnavailableError, load_maskrcnn_weights
 
@@ -50,6 +57,7 @@ __all__ = [
     "LOSS_EPS",
     "MASK_HEAD_TYPES",
     "ChanVeseFeatureHead",
+    "DeformConv2dPack",
     "GlobalHyperParameters",
     "HighResMaskPredictor",
     "HyperParameterHead",
@@ -57,7 +65,10 @@ __all__ = [
     "LevelSetRCNN",
     "LevelSetRoIHeads",
     "LoadReport",
+    "PathAggregation",
     "TSDFPredictor",
+    "TTAView",
+    "TTAWrapper",
     "UpsampledChanVese",
     "WeightsUnavailableError",
     "angular_loss",
@@ -69,7 +80,9 @@ __all__ = [
     "levelset_rcnn_resnet18_fpn",
     "levelset_rcnn_resnet50_fpn",
     "levelset_targets",
+    "load_backbone_state_dict",
     "load_maskrcnn_weights",
+    "make_deformable",
     "mask_rcnn",
     "tsdf_loss",
     "validate_inputs",
