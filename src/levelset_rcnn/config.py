@@ -294,6 +294,10 @@ def validate(cfg: Config) -> None:
     if cfg.model.arch not in ("levelset_rcnn", "mask_rcnn"):
         raise ConfigError(f"model.arch must be levelset_rcnn or mask_rcnn, got "
                           f"{cfg.model.arch!r}")
+    heads = ("levelset", "tsdf", "binary", "lsloss", "delse", "delse_hp")
+    if cfg.model.arch == "levelset_rcnn" and cfg.model.mask_head_type not in heads:
+        raise ConfigError(f"model.mask_head_type must be one of {', '.join(heads)}, got "
+                          f"{cfg.model.mask_head_type!r}")
     if len(cfg.model.loss_weights) != 2:
         raise ConfigError("model.loss_weights must be two numbers (w_0, w_N)")
     if cfg.solver.max_iter < 0 or cfg.solver.ims_per_batch < 1:

@@ -89,3 +89,22 @@ def test_dump_round_trip(tmp_path: Path) -> None:
     cfg = load_config(CONFIGS / "coco_r50.yaml", ["solver.max_iter=7"])
     cfg.dump(tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
+
+
+@pytest.mark.parametrize("override, field", [
+    ("model.mask_head_type=delsee", "model.mask_head_type"),
+    ("eval.evaluator=cityscape", "eval.evaluator"),
+    ("eval.evaluator=cityscapes", "eval.cityscapes_gt"),
+    ("eval.evaluator=lvis", "eval.lvis_ann"),
+    ("eval.tta_min_sizes=[800,0]", "eval.tta_min_sizes"),
+])
+def test_cross_field_checks_name_the_field(override: str, field: str) -> None:
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_every_model_head_type_is_accepted_by_the_config() -> None:
+    from levelset_rcnn.modeling import MASK_HEAD_TYPES
+
+    for head in MASK_HEAD_TYPES:
+        assert load_config(None, [f"model.mask_head_type={head}"]).model.mask_head_type == head
