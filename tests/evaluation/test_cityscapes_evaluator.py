@@ -17,6 +17,7 @@ from torch import nn
 from levelset_rcnn.data import CocoInstanceDataset
 from levelset_rcnn.data.converters import convert_cityscapes
 from levelset_rcnn.evaluation import cityscapes_evaluator as cs_module
+from levelset_rcnn.evaluation import evaluator as evaluator_module
 from levelset_rcnn.evaluation.cityscapes_evaluator import CityscapesEvaluator
 
 from ..cityscapes_fixture import SCENES, base_name, make_cityscapes_tree, read_ids
@@ -221,7 +222,7 @@ def test_ddp_gather_merges_ranks(tree, dataset, monkeypatch):
         ev0.process([image_id], [outs[image_id]])
     for image_id in ids[1:]:  # the padded sampler repeats an image: counted once
         ev1.process([image_id], [outs[image_id]])
-    monkeypatch.setattr(cs_module, "all_gather_objects",
+    monkeypatch.setattr(evaluator_module, "all_gather_objects",
                         lambda obj: [ev0._records, ev1._records])
     res = ev0.evaluate()["cityscapes/masks"]
     assert res["AP"] == pytest.approx(90)

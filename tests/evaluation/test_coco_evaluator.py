@@ -7,7 +7,7 @@ import torch
 from pycocotools.cocoeval import COCOeval
 
 from levelset_rcnn.evaluation import COCOEvaluator, DatasetEvaluators, write_coco_results
-from levelset_rcnn.evaluation import coco_evaluator as coco_evaluator_module
+from levelset_rcnn.evaluation import evaluator as evaluator_module
 
 from .cases import LABEL_TO_CAT, gt_coco, prediction, square
 
@@ -135,7 +135,7 @@ def test_merge_across_ranks_equals_single_pass(monkeypatch):
         ev = COCOEvaluator(coco, label_to_cat_id=LABEL_TO_CAT)
         ev.process(ids, [outs[i - 1] for i in ids])
         shards.append(ev._records)
-    monkeypatch.setattr(coco_evaluator_module, "all_gather_objects", lambda obj: shards)
+    monkeypatch.setattr(evaluator_module, "all_gather_objects", lambda obj: shards)
     merged = COCOEvaluator(coco, label_to_cat_id=LABEL_TO_CAT).evaluate()
     assert set(merged) == set(whole)
     for key in whole:

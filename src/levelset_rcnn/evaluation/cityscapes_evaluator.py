@@ -35,9 +35,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from .coco_results import output_to_records
-from .distributed import all_gather_objects, rank
-from .evaluator import DatasetEvaluator, image_ids_of
+from .distributed import rank
+from .evaluator import RecordingEvaluator
 
 __all__ = ["CityscapesEvaluator", "cityscapes_eval_args", "run_cityscapes_evaluation"]
 
@@ -176,7 +175,7 @@ def _percent(value: Any) -> float:
     return math.nan if math.isnan(value) else 100.0 * value
 
 
-class CityscapesEvaluator(DatasetEvaluator):
+class CityscapesEvaluator(RecordingEvaluator):
     """Cityscapes AP and AP50 (overall and per class, in percent) by the official code.
 
     ``evaluate()`` returns, per mask key, ``{"cityscapes/<key>": {"AP", "AP50", "per_class":
@@ -243,29 +242,12 @@ class CityscapesEvaluator(DatasetEvaluator):
         self._tmp: Path | None = None
         self.reset()
 
-    def reset(self) -> None:
-        self._records: dict[int, list[dict[str, Any]]] = {}
+    @property
+    def record_category_ids(self) -> dict[int, int]:  # type: ignore[override]
+        return self.label_to_cs_id
 
-    def process(self, targets_or_image_ids: Sequence[Any], outputs: Sequence[dict[str, Any]]
-                ) -> None:
-        ids = image_ids_of(targets_or_image_ids)
-        if len(ids) != len(outputs):
-            raise ValueError(f"{len(ids)} images but {len(outputs)} outputs")
-        for image_id, output in zip(ids, outputs, strict=True):
-            info = self.coco.imgs.get(image_id)
-            if info is None:
-                raise KeyError(f"image id {image_id} is not in the ground truth")
-            for key in self.mask_keys:
-                shape = tuple(output[key].shape[-2:]) if key in output else None
-                if shape is not None and len(output[key]) and shape != (info["height"],
-                                                                        info["width"]):
-                    raise ValueError(
-                        f"image id {image_id}: {key!r} is {shape[1]}x{shape[0]} but the image "
-                        f"is {info['width']}x{info['height']}; paste masks in original image "
-                        "coordinates")
-            self._records.setdefault(image_id, output_to_records(
-                output, image_id, self.label_to_cs_id, mask_keys=self.mask_keys,
-                mask_threshold=self.mask_threshold))
+    def image_info(self, image_id: int) -> dict[str, Any] | None:
+        return self.coco.imgs.get(image_id)
 
     def _work_dir(self) -> Path:
         if self.output_dir is not None:
@@ -302,10 +284,7 @@ class CityscapesEvaluator(DatasetEvaluator):
         return txt
 
     def evaluate(self) -> dict[str, Any]:
-        merged: dict[int, list[dict[str, Any]]] = {}
-        for part in all_gather_objects(self._records):
-            for image_id, recs in part.items():
-                merged.setdefault(image_id, recs)
+        merged = self.gathered()
         if rank() != 0 and not self.all_ranks:
             return {}
         if not merged:

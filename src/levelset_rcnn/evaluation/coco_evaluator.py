@@ -17,9 +17,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from .boundary_af import boundary_af
-from .coco_results import output_to_records
-from .distributed import all_gather_objects, rank
-from .evaluator import DatasetEvaluator, image_ids_of
+from .distributed import rank
+from .evaluator import RecordingEvaluator
 
 __all__ = ["COCOEvaluator", "AP_NAMES"]
 
@@ -62,7 +61,7 @@ def _ap_metrics(coco_eval: COCOeval) -> dict[str, float]:
             "APm": at("medium"), "APl": at("large")}
 
 
-class COCOEvaluator(DatasetEvaluator):
+class COCOEvaluator(RecordingEvaluator):
     """COCO box/mask AP plus the paper's boundary AF1/AF2, for several mask sets side by side.
 
     ``evaluate()`` returns ``{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl"},
@@ -108,39 +107,15 @@ class COCOEvaluator(DatasetEvaluator):
         self.all_ranks = all_ranks
         self.reset()
 
-    def reset(self) -> None:
-        self._records: dict[int, list[dict[str, Any]]] = {}
+    @property
+    def record_category_ids(self) -> dict[int, int]:  # type: ignore[override]
+        return self.label_to_cat_id
 
-    def process(self, targets_or_image_ids: Sequence[Any], outputs: Sequence[dict[str, Any]]
-                ) -> None:
-        ids = image_ids_of(targets_or_image_ids)
-        if len(ids) != len(outputs):
-            raise ValueError(f"{len(ids)} images but {len(outputs)} outputs")
-        for image_id, output in zip(ids, outputs, strict=True):
-            info = self.coco_gt.imgs.get(image_id)
-            if info is None:
-                raise KeyError(f"image id {image_id} is not in the ground truth")
-            for key in self.mask_keys:
-                shape = tuple(output[key].shape[-2:]) if key in output else None
-                if shape is not None and len(output[key]) and shape != (info["height"],
-                                                                        info["width"]):
-                    raise ValueError(
-                        f"image id {image_id}: {key!r} is {shape[1]}x{shape[0]} but the image "
-                        f"is {info['width']}x{info['height']}; paste masks in original image "
-                        "coordinates")
-            self._records.setdefault(image_id, output_to_records(
-                output, image_id, self.label_to_cat_id, mask_keys=self.mask_keys,
-                mask_threshold=self.mask_threshold))
-
-    def _gathered(self) -> dict[int, list[dict[str, Any]]]:
-        merged: dict[int, list[dict[str, Any]]] = {}
-        for part in all_gather_objects(self._records):
-            for image_id, recs in part.items():
-                merged.setdefault(image_id, recs)
-        return merged
+    def image_info(self, image_id: int) -> dict[str, Any] | None:
+        return self.coco_gt.imgs.get(image_id)
 
     def evaluate(self) -> dict[str, Any]:
-        records = self._gathered()
+        records = self.gathered()
         if rank() != 0 and not self.all_ranks:
             return {}
         if not records:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["DatasetEvaluator", "DatasetEvaluators", "image_ids_of"]
+from .coco_results import output_to_records
+from .distributed import all_gather_objects
+
+__all__ = ["DatasetEvaluator", "DatasetEvaluators", "RecordingEvaluator", "image_ids_of"]
 
 
 def image_ids_of(targets_or_image_ids: Sequence[Any]) -> list[int]:
@@ -69,4 +72,60 @@ class DatasetEvaluators(DatasetEvaluator):
                 if key in merged:
                     raise KeyError(f"two evaluators both report {key!r}")
                 merged[key] = value
+        return merged
+
+
+class RecordingEvaluator(DatasetEvaluator):
+    """Base of the evaluators that keep, per image, COCO-style result records (``image_id``,
+    ``category_id``, ``bbox``, ``score`` and one RLE per mask key) and score them all in
+    :meth:`evaluate`. Subclasses set ``mask_keys``, ``mask_threshold`` and
+    ``record_category_ids`` (model label -> the ids their scorer uses) and implement
+    :meth:`image_info`; :meth:`keep` may drop records. An image processed twice counts once.
+    """
+
+    mask_keys: tuple[str, ...] = ()
+    mask_threshold: float = 0.5
+    record_category_ids: Mapping[int, int] = {}
+    #: Named in errors, e.g. "the ground truth" or "the LVIS ground truth <file>".
+    ground_truth_name: str = "the ground truth"
+
+    def image_info(self, image_id: int) -> Mapping[str, Any] | None:
+        """The ground truth's record of ``image_id`` (``width``, ``height``), or None."""
+        raise NotImplementedError
+
+    def keep(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The records of one image worth keeping (all by default)."""
+        return records
+
+    def reset(self) -> None:
+        self._records: dict[int, list[dict[str, Any]]] = {}
+
+    def process(self, targets_or_image_ids: Sequence[Any], outputs: Sequence[dict[str, Any]]
+                ) -> None:
+        ids = image_ids_of(targets_or_image_ids)
+        if len(ids) != len(outputs):
+            raise ValueError(f"{len(ids)} images but {len(outputs)} outputs")
+        for image_id, output in zip(ids, outputs, strict=True):
+            info = self.image_info(image_id)
+            if info is None:
+                raise KeyError(f"image id {image_id} is not in {self.ground_truth_name}")
+            for key in self.mask_keys:
+                shape = tuple(output[key].shape[-2:]) if key in output else None
+                if shape is not None and len(output[key]) and shape != (info["height"],
+                                                                        info["width"]):
+                    raise ValueError(
+                        f"image id {image_id}: {key!r} is {shape[1]}x{shape[0]} but "
+                        f"{self.ground_truth_name} has the image as {info['width']}x"
+                        f"{info['height']}; paste masks in original image coordinates")
+            records = output_to_records(output, image_id, self.record_category_ids,
+                                        mask_keys=self.mask_keys,
+                                        mask_threshold=self.mask_threshold)
+            self._records.setdefault(image_id, self.keep(records))
+
+    def gathered(self) -> dict[int, list[dict[str, Any]]]:
+        """Every process's records (under DDP; this process's otherwise), by image id."""
+        merged: dict[int, list[dict[str, Any]]] = {}
+        for part in all_gather_objects(self._records):
+            for image_id, recs in part.items():
+                merged.setdefault(image_id, recs)
         return merged

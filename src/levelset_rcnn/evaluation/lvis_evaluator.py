@@ -35,9 +35,8 @@ from typing import Any
 import numpy as np
 from lvis import LVIS, LVISEval, LVISResults
 
-from .coco_results import output_to_records
-from .distributed import all_gather_objects, rank
-from .evaluator import DatasetEvaluator, image_ids_of
+from .distributed import rank
+from .evaluator import RecordingEvaluator
 
 __all__ = ["LVISEvaluator", "LVISFormatError", "COCO_LVIS_SYNSETS", "LVIS_AP_NAMES",
            "read_lvis_json", "check_lvis_dict", "coco_to_lvis_category_ids"]
@@ -290,7 +289,7 @@ def _lvis_compat() -> Iterator[None]:
                 q.setLevel(level)
 
 
-class LVISEvaluator(DatasetEvaluator):
+class LVISEvaluator(RecordingEvaluator):
     """LVIS AP* (federated box and mask AP) of a COCO-category model, with official lvis-api.
 
     ``evaluate()`` returns ``{"lvis_bbox": {...}, "lvis_segm/<mask_key>": {...}}`` with
@@ -365,42 +364,22 @@ class LVISEvaluator(DatasetEvaluator):
                                   f"dataset): {', '.join(wrong)}; LVIS AP* needs a model "
                                   "trained on the 80 COCO classes")
 
-    def reset(self) -> None:
-        self._records: dict[int, list[dict[str, Any]]] = {}
+    @property
+    def record_category_ids(self) -> dict[int, int]:  # type: ignore[override]
+        return self.label_to_lvis
 
-    def process(self, targets_or_image_ids: Sequence[Any], outputs: Sequence[dict[str, Any]]
-                ) -> None:
-        ids = image_ids_of(targets_or_image_ids)
-        if len(ids) != len(outputs):
-            raise ValueError(f"{len(ids)} images but {len(outputs)} outputs")
-        for image_id, output in zip(ids, outputs, strict=True):
-            info = self.lvis_gt.imgs.get(image_id)
-            if info is None:
-                raise KeyError(f"image id {image_id} is not in the LVIS ground truth "
-                               f"{self.source}")
-            for key in self.mask_keys:
-                shape = tuple(output[key].shape[-2:]) if key in output else None
-                if shape is not None and len(output[key]) and shape != (info["height"],
-                                                                        info["width"]):
-                    raise ValueError(
-                        f"image id {image_id}: {key!r} is {shape[1]}x{shape[0]} but LVIS says "
-                        f"the image is {info['width']}x{info['height']}; paste masks in "
-                        "original image coordinates")
-            records = output_to_records(output, image_id, self.label_to_lvis,
-                                        mask_keys=self.mask_keys,
-                                        mask_threshold=self.mask_threshold)
-            self._records.setdefault(image_id, [r for r in records
-                                                if r["category_id"] != _DROPPED])
+    @property
+    def ground_truth_name(self) -> str:  # type: ignore[override]
+        return f"the LVIS ground truth {self.source}"
 
-    def _gathered(self) -> dict[int, list[dict[str, Any]]]:
-        merged: dict[int, list[dict[str, Any]]] = {}
-        for part in all_gather_objects(self._records):
-            for image_id, recs in part.items():
-                merged.setdefault(image_id, recs)
-        return merged
+    def image_info(self, image_id: int) -> dict[str, Any] | None:
+        return self.lvis_gt.imgs.get(image_id)
+
+    def keep(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in records if r["category_id"] != _DROPPED]
 
     def evaluate(self) -> dict[str, Any]:
-        records = self._gathered()
+        records = self.gathered()
         if rank() != 0 and not self.all_ranks:
             return {}
         if not records:
