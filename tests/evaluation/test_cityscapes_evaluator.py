@@ -226,7 +226,7 @@ def test_ddp_gather_merges_ranks(tree, dataset, monkeypatch):
                         lambda obj: [ev0._records, ev1._records])
     res = ev0.evaluate()["cityscapes/masks"]
     assert res["AP"] == pytest.approx(90)
-    monkeypatch.setattr(cs_module, "rank", lambda: 1)
+    monkeypatch.setattr(evaluator_module, "rank", lambda: 1)
     assert ev1.evaluate() == {}
 
 

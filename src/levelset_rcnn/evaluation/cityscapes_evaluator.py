@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import io
 import json
-import logging
 import math
 import os
 import shutil
@@ -35,12 +34,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from .distributed import rank
 from .evaluator import RecordingEvaluator
 
 __all__ = ["CityscapesEvaluator", "cityscapes_eval_args", "run_cityscapes_evaluation"]
 
-logger = logging.getLogger(__name__)
 _IMAGE_SUFFIX = "_leftImg8bit"
 _GT_SUFFIX = "_gtFine_instanceIds.png"
 
@@ -284,11 +281,8 @@ class CityscapesEvaluator(RecordingEvaluator):
         return txt
 
     def evaluate(self) -> dict[str, Any]:
-        merged = self.gathered()
-        if rank() != 0 and not self.all_ranks:
-            return {}
-        if not merged:
-            logger.warning("CityscapesEvaluator: no images were processed")
+        merged = self.records_to_score()
+        if merged is None:
             return {}
         self._merged = merged
         img_ids = sorted(merged)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,12 +16,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from .boundary_af import boundary_af
-from .distributed import rank
 from .evaluator import RecordingEvaluator
 
 __all__ = ["COCOEvaluator", "AP_NAMES"]
 
-logger = logging.getLogger(__name__)
 AP_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
@@ -115,11 +112,8 @@ class COCOEvaluator(RecordingEvaluator):
         return self.coco_gt.imgs.get(image_id)
 
     def evaluate(self) -> dict[str, Any]:
-        records = self.gathered()
-        if rank() != 0 and not self.all_ranks:
-            return {}
-        if not records:
-            logger.warning("COCOEvaluator: no images were processed")
+        records = self.records_to_score()
+        if records is None:
             return {}
         img_ids = sorted(records)
         flat = [r for i in img_ids for r in records[i]]

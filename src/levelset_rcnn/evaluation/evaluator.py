@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .coco_results import output_to_records
-from .distributed import all_gather_objects
+from .distributed import all_gather_objects, rank
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["DatasetEvaluator", "DatasetEvaluators", "RecordingEvaluator", "image_ids_of"]
 
@@ -121,6 +124,17 @@ class RecordingEvaluator(DatasetEvaluator):
                                         mask_keys=self.mask_keys,
                                         mask_threshold=self.mask_threshold)
             self._records.setdefault(image_id, self.keep(records))
+
+    def records_to_score(self) -> dict[int, list[dict[str, Any]]] | None:
+        """:meth:`gathered` on the process that scores (rank 0, or every rank with
+        ``all_ranks``); None elsewhere and when no image was processed (with a warning)."""
+        records = self.gathered()
+        if rank() != 0 and not getattr(self, "all_ranks", False):
+            return None
+        if not records:
+            logger.warning("%s: no images were processed", type(self).__name__)
+            return None
+        return records
 
     def gathered(self) -> dict[int, list[dict[str, Any]]]:
         """Every process's records (under DDP; this process's otherwise), by image id."""

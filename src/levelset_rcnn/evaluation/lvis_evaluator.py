@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 from lvis import LVIS, LVISEval, LVISResults
 
-from .distributed import rank
 from .evaluator import RecordingEvaluator
 
 __all__ = ["LVISEvaluator", "LVISFormatError", "COCO_LVIS_SYNSETS", "LVIS_AP_NAMES",
@@ -379,11 +378,8 @@ class LVISEvaluator(RecordingEvaluator):
         return [r for r in records if r["category_id"] != _DROPPED]
 
     def evaluate(self) -> dict[str, Any]:
-        records = self.gathered()
-        if rank() != 0 and not self.all_ranks:
-            return {}
-        if not records:
-            logger.warning("LVISEvaluator: no images were processed")
+        records = self.records_to_score()
+        if records is None:
             return {}
         img_ids = sorted(records)
         flat = [r for i in img_ids for r in records[i]]

@@ -55,8 +55,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from ..levelset import heaviside
 from ..levelset.functional import CURVATURE_ETA, curvature, sobel
+from .losses import heaviside_nll
 
 __all__ = [
     "DELSE_CURVATURE",
@@ -212,13 +212,8 @@ def class_balanced_bce(phi: Tensor, mask_target: Tensor, *, eps: float) -> Tenso
     if phi.numel() == 0:
         return phi.sum() * 0.0
     with torch.autocast(device_type=phi.device.type, enabled=False):
-        phi = phi.float()
-        m = mask_target.float()
-        h_in = heaviside(phi, eps).clamp_min(1e-6)
-        h_out = heaviside(-phi, eps).clamp_min(1e-6)
-        total = float(m.numel())
-        pos = m.sum()
+        nll_in, nll_out = heaviside_nll(phi, mask_target, eps)
+        total = float(mask_target.numel())
+        pos = mask_target.float().sum()
         neg = total - pos
-        loss_pos = -(m * h_in.log()).sum()
-        loss_neg = -((1.0 - m) * h_out.log()).sum()
-        return (neg / total * loss_pos + pos / total * loss_neg) / total
+        return (neg / total * nll_in.sum() + pos / total * nll_out.sum()) / total

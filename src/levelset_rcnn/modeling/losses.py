@@ -93,6 +93,17 @@ def levelset_targets(
     return masks.float(), masks_to_tsdf(masks, truncation)
 
 
+def heaviside_nll(phi: Tensor, mask_target: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Per-pixel negative log-likelihoods of the soft mask ``H_eps(phi)``: ``-m log H`` and
+    ``-(1 - m) log(1 - H)`` (``1 - H`` taken as ``H(-phi)`` for accuracy; ``H`` clamped at
+    1e-6), float32, for the BCE terms of :func:`tsdf_loss` and DELSE's class-balanced loss."""
+    phi = phi.float()
+    m = mask_target.float()
+    nll_in = -(m * heaviside(phi, eps).clamp_min(1e-6).log())
+    nll_out = -((1.0 - m) * heaviside(-phi, eps).clamp_min(1e-6).log())
+    return nll_in, nll_out
+
+
 def tsdf_loss(phi: Tensor, tsdf_target: Tensor, mask_target: Tensor, *,
               eps: float = LOSS_EPS) -> Tensor:
     """``mean |phi - tsdf| + BCE(H_eps(phi), mask)`` over all pixels.
@@ -109,11 +120,8 @@ def tsdf_loss(phi: Tensor, tsdf_target: Tensor, mask_target: Tensor, *,
     with torch.autocast(device_type=phi.device.type, enabled=False):
         phi = phi.float()
         l1 = F.l1_loss(phi, tsdf_target.float())
-        # BCE on the soft Heaviside, written with logs of H and 1 - H = H(-phi) for accuracy.
-        h_in = heaviside(phi, eps).clamp_min(1e-6)
-        h_out = heaviside(-phi, eps).clamp_min(1e-6)
-        m = mask_target.float()
-        bce = -(m * h_in.log() + (1.0 - m) * h_out.log()).mean()
+        nll_in, nll_out = heaviside_nll(phi, mask_target, eps)
+        bce = (nll_in + nll_out).mean()
     return l1 + bce
 
 
