@@ -115,15 +115,12 @@ class COCOEvaluator(RecordingEvaluator):
         records = self.records_to_score()
         if records is None:
             return {}
-        img_ids = sorted(records)
-        flat = [r for i in img_ids for r in records[i]]
         results: dict[str, Any] = {}
         if "bbox" in self.iou_types:
-            dets = [{k: r[k] for k in ("image_id", "category_id", "bbox", "score")} for r in flat]
+            img_ids, dets = self.detections(records)
             results["bbox"], _, _ = self._run(dets, "bbox", img_ids)
         for key in self.mask_keys:
-            dets = [{"image_id": r["image_id"], "category_id": r["category_id"],
-                     "score": r["score"], "segmentation": r[key]} for r in flat]
+            img_ids, dets = self.detections(records, key)
             metrics, coco_eval, coco_dt = self._run(dets, "segm", img_ids)
             if self.boundary:
                 metrics.update(self._boundary(coco_eval, coco_dt))

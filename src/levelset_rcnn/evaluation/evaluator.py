@@ -136,6 +136,21 @@ class RecordingEvaluator(DatasetEvaluator):
             return None
         return records
 
+    @staticmethod
+    def detections(records: dict[int, list[dict[str, Any]]], key: str | None = None
+                   ) -> tuple[list[int], list[dict[str, Any]]]:
+        """``(sorted image ids, result records)`` ready for a COCO-style scorer: boxes
+        (``key=None``: ``image_id, category_id, bbox, score``) or the masks of ``key``
+        (``image_id, category_id, score, segmentation``; no ``bbox``, so that the scorers
+        take the mask's area as the instance's)."""
+        img_ids = sorted(records)
+        flat = [r for i in img_ids for r in records[i]]
+        if key is None:
+            fields = ("image_id", "category_id", "bbox", "score")
+            return img_ids, [{k: r[k] for k in fields} for r in flat]
+        return img_ids, [{"image_id": r["image_id"], "category_id": r["category_id"],
+                          "score": r["score"], "segmentation": r[key]} for r in flat]
+
     def gathered(self) -> dict[int, list[dict[str, Any]]]:
         """Every process's records (under DDP; this process's otherwise), by image id."""
         merged: dict[int, list[dict[str, Any]]] = {}

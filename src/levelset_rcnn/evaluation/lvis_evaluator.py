@@ -381,16 +381,13 @@ class LVISEvaluator(RecordingEvaluator):
         records = self.records_to_score()
         if records is None:
             return {}
-        img_ids = sorted(records)
-        flat = [r for i in img_ids for r in records[i]]
         results: dict[str, Any] = {}
         if "bbox" in self.iou_types:
-            dets = [{k: r[k] for k in ("image_id", "category_id", "bbox", "score")} for r in flat]
+            img_ids, dets = self.detections(records)
             results["lvis_bbox"] = self._run(dets, "bbox", img_ids)
         for key in self.mask_keys:
-            # no "bbox": lvis-api would take the box area as the instance area
-            dets = [{"image_id": r["image_id"], "category_id": r["category_id"],
-                     "score": r["score"], "segmentation": r[key]} for r in flat]
+            # mask records carry no "bbox": lvis-api would take the box area as the area
+            img_ids, dets = self.detections(records, key)
             results[f"lvis_segm/{key}"] = self._run(dets, "segm", img_ids)
         return results
 
