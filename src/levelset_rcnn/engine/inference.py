@@ -29,11 +29,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def has_phi0(model: nn.Module) -> bool:
-    """Whether the model refines an initial TSDF (its ``refines_initial_tsdf`` attribute;
-    models without one: ``mask_head_type == "levelset"``)."""
-    m = unwrap(model)
-    default = getattr(m, "mask_head_type", "binary") == "levelset"
-    return bool(getattr(m, "refines_initial_tsdf", default))
+    """Whether the model refines an initial TSDF (its ``refines_initial_tsdf``; models
+    without the attribute do not)."""
+    return bool(getattr(unwrap(model), "refines_initial_tsdf", False))
 
 
 def add_phi0_masks(output: dict[str, Any]) -> dict[str, Any]:

@@ -226,6 +226,8 @@ class CityscapesEvaluator(RecordingEvaluator):
                                  "class (person, rider, car, truck, bus, train, motorcycle, "
                                  "bicycle)")
             self.label_to_cs_id[label] = cs_label.id
+        self.record_category_ids = self.label_to_cs_id
+        self.gt_images = coco.imgs
         self.gt_files = {i: _gt_file(self.gt_dir, info["file_name"])
                          for i, info in coco.imgs.items()}
         missing = [p for p in self.gt_files.values() if not p.is_file()]
@@ -238,13 +240,6 @@ class CityscapesEvaluator(RecordingEvaluator):
         self.all_ranks = all_ranks
         self._tmp: Path | None = None
         self.reset()
-
-    @property
-    def record_category_ids(self) -> dict[int, int]:  # type: ignore[override]
-        return self.label_to_cs_id
-
-    def image_info(self, image_id: int) -> dict[str, Any] | None:
-        return self.coco.imgs.get(image_id)
 
     def _work_dir(self) -> Path:
         if self.output_dir is not None:

@@ -95,6 +95,8 @@ class COCOEvaluator(RecordingEvaluator):
         if unknown:
             raise ValueError(f"label_to_cat_id maps to category ids {sorted(unknown)} that the "
                              "ground truth does not have")
+        self.record_category_ids = self.label_to_cat_id
+        self.gt_images = self.coco_gt.imgs
         self.iou_types = tuple(iou_types)
         self.mask_keys = tuple(mask_keys) if "segm" in self.iou_types else ()
         self.boundary = boundary
@@ -103,13 +105,6 @@ class COCOEvaluator(RecordingEvaluator):
         self.max_dets = max_dets
         self.all_ranks = all_ranks
         self.reset()
-
-    @property
-    def record_category_ids(self) -> dict[int, int]:  # type: ignore[override]
-        return self.label_to_cat_id
-
-    def image_info(self, image_id: int) -> dict[str, Any] | None:
-        return self.coco_gt.imgs.get(image_id)
 
     def evaluate(self) -> dict[str, Any]:
         records = self.records_to_score()

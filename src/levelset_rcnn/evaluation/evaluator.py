@@ -82,19 +82,17 @@ class RecordingEvaluator(DatasetEvaluator):
     """Base of the evaluators that keep, per image, COCO-style result records (``image_id``,
     ``category_id``, ``bbox``, ``score`` and one RLE per mask key) and score them all in
     :meth:`evaluate`. Subclasses set ``mask_keys``, ``mask_threshold`` and
-    ``record_category_ids`` (model label -> the ids their scorer uses) and implement
-    :meth:`image_info`; :meth:`keep` may drop records. An image processed twice counts once.
+    ``record_category_ids`` (model label -> the ids their scorer uses) and ``gt_images``
+    (image id -> the ground truth's record with ``width`` and ``height``); :meth:`keep` may
+    drop records. An image processed twice counts once.
     """
 
     mask_keys: tuple[str, ...] = ()
     mask_threshold: float = 0.5
     record_category_ids: Mapping[int, int] = {}
+    gt_images: Mapping[int, Mapping[str, Any]] = {}
     #: Named in errors, e.g. "the ground truth" or "the LVIS ground truth <file>".
     ground_truth_name: str = "the ground truth"
-
-    def image_info(self, image_id: int) -> Mapping[str, Any] | None:
-        """The ground truth's record of ``image_id`` (``width``, ``height``), or None."""
-        raise NotImplementedError
 
     def keep(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The records of one image worth keeping (all by default)."""
@@ -109,7 +107,7 @@ class RecordingEvaluator(DatasetEvaluator):
         if len(ids) != len(outputs):
             raise ValueError(f"{len(ids)} images but {len(outputs)} outputs")
         for image_id, output in zip(ids, outputs, strict=True):
-            info = self.image_info(image_id)
+            info = self.gt_images.get(image_id)
             if info is None:
                 raise KeyError(f"image id {image_id} is not in {self.ground_truth_name}")
             for key in self.mask_keys:

@@ -346,6 +346,9 @@ class LVISEvaluator(RecordingEvaluator):
         self.label_to_lvis = {lab: self.coco_to_lvis.get(c, _DROPPED)
                               for lab, c in self.label_to_cat_id.items()}
         self.lvis_gt = _LVISFromDict(restrict_lvis(data, set(self.coco_to_lvis.values())))
+        self.record_category_ids = self.label_to_lvis
+        self.gt_images = self.lvis_gt.imgs
+        self.ground_truth_name = f"the LVIS ground truth {self.source}"
         self.iou_types = tuple(iou_types)
         self.mask_keys = tuple(mask_keys) if "segm" in self.iou_types else ()
         self.mask_threshold = mask_threshold
@@ -362,17 +365,6 @@ class LVISEvaluator(RecordingEvaluator):
             raise LVISFormatError("the model's categories are not COCO's (id: name in its "
                                   f"dataset): {', '.join(wrong)}; LVIS AP* needs a model "
                                   "trained on the 80 COCO classes")
-
-    @property
-    def record_category_ids(self) -> dict[int, int]:  # type: ignore[override]
-        return self.label_to_lvis
-
-    @property
-    def ground_truth_name(self) -> str:  # type: ignore[override]
-        return f"the LVIS ground truth {self.source}"
-
-    def image_info(self, image_id: int) -> dict[str, Any] | None:
-        return self.lvis_gt.imgs.get(image_id)
 
     def keep(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [r for r in records if r["category_id"] != _DROPPED]

@@ -328,15 +328,15 @@ class LevelSetRoIHeads(RoIHeads):
                 "loss_velocity": self.velocity_loss_weight * velocity}
 
     def lsloss_losses(
-        self, mask_logits: Tensor, gt_masks: list[Tensor], gt_labels: list[Tensor],
-        proposals: list[Tensor], matched_idxs: list[Tensor],
+        self, mask_logits: Tensor, roi_labels: Tensor, gt_masks: list[Tensor],
+        gt_labels: list[Tensor], proposals: list[Tensor], matched_idxs: list[Tensor],
     ) -> dict[str, Tensor]:
         """``loss_mask`` (torchvision's Mask R-CNN loss) and ``loss_levelset`` (the Chan-Vese
         energy of the shifted output, the ground truth projected on the RoIs as ``u_0``)."""
         loss_mask = maskrcnn_loss(mask_logits, proposals, gt_masks, gt_labels, matched_idxs)
         S = mask_logits.shape[-1]
-        labels = torch.cat([lab[i] for lab, i in zip(gt_labels, matched_idxs, strict=True)])
-        logits = mask_logits[torch.arange(labels.shape[0], device=labels.device), labels]
+        logits = mask_logits[torch.arange(roi_labels.shape[0], device=roi_labels.device),
+                             roi_labels]
         image = torch.cat([project_masks(m, p, i, S) for m, p, i in
                            zip(gt_masks, proposals, matched_idxs, strict=True)])
         energy = chan_vese_energy_loss(logits, image, eps=self.lsloss_eps, mu=self.lsloss_mu)
@@ -401,7 +401,8 @@ class LevelSetRoIHeads(RoIHeads):
             if self.training:
                 assert targets is not None
                 losses.update(self.lsloss_losses(
-                    mask_logits, [t["masks"] for t in targets], [t["labels"] for t in targets],
+                    mask_logits, roi_labels, [t["masks"] for t in targets],
+                    [t["labels"] for t in targets],
                     mask_proposals, pos_matched))
                 return result, losses
             for r, m in zip(result, maskrcnn_inference(mask_logits, det_labels), strict=True):

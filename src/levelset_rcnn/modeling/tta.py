@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.models.detection.roi_heads import maskrcnn_inference, paste_masks_in_image
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import batched_nms
 
@@ -125,13 +125,8 @@ class TTAWrapper(nn.Module):
         self.model.return_contours = value
 
     @property
-    def mask_head_type(self) -> str:
-        return str(getattr(self.model, "mask_head_type", "binary"))
-
-    @property
     def refines_initial_tsdf(self) -> bool:
-        default = self.mask_head_type == "levelset"
-        return bool(getattr(self.model, "refines_initial_tsdf", default))
+        return bool(getattr(self.model, "refines_initial_tsdf", False))
 
     # ------------------------------------------------------------------------------------------
     def _binary(self) -> bool:
@@ -202,9 +197,8 @@ class TTAWrapper(nn.Module):
         labels = torch.cat([d["labels"] for d in dets])
         x = rh.mask_head(rh.mask_roi_pool(run.features, boxes, run.image_sizes))
         if self._binary():
-            logits = rh.mask_predictor(x)
-            probs = logits[torch.arange(len(labels), device=labels.device), labels][:, None]
-            out = {"probs": probs.float().sigmoid()}
+            (probs,) = maskrcnn_inference(rh.mask_predictor(x).float(), [labels])
+            out = {"probs": probs}
         else:
             ls = rh.levelset_forward(x, labels)
             out = {"phi0": ls["phi0"].float()}
