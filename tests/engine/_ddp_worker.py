@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
+from levelset_rcnn.comm import cleanup, get_rank
 from levelset_rcnn.config import load_config
 from levelset_rcnn.engine import Trainer
-from levelset_rcnn.engine.distributed import cleanup, get_rank
 
 if __name__ == "__main__":
     out = Path(sys.argv[1])

@@ -135,7 +135,7 @@ def test_merge_across_ranks_equals_single_pass(monkeypatch):
         ev = COCOEvaluator(coco, label_to_cat_id=LABEL_TO_CAT)
         ev.process(ids, [outs[i - 1] for i in ids])
         shards.append(ev._records)
-    monkeypatch.setattr(evaluator_module, "all_gather_objects", lambda obj: shards)
+    monkeypatch.setattr(evaluator_module, "all_gather", lambda obj: shards)
     merged = COCOEvaluator(coco, label_to_cat_id=LABEL_TO_CAT).evaluate()
     assert set(merged) == set(whole)
     for key in whole:

@@ -70,16 +70,10 @@ def format_per_class(results: dict) -> str:
 
 @guarded
 def _run(args: argparse.Namespace) -> int:
+    from ..comm import cleanup, get_rank, get_world_size, init_distributed, resolve_device
     from ..data import CocoInstanceDataset
     from ..engine import load_trained_model, metrics_table
     from ..engine.data import build_datasets, build_val_loader
-    from ..engine.distributed import (
-        cleanup,
-        get_rank,
-        get_world_size,
-        init_distributed,
-        resolve_device,
-    )
     from ..engine.inference import build_evaluator, evaluate_model, tta_kwargs
 
     overrides = collect_overrides(args) + tta_overrides(args)

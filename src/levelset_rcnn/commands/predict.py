@@ -62,8 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 @guarded
 def _run(args: argparse.Namespace) -> int:
+    from ..comm import resolve_device
     from ..engine import load_trained_model
-    from ..engine.distributed import resolve_device
     from ..engine.inference import tta_kwargs
     from ..engine.predict import collect_images, run_predict
 

@@ -47,10 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 @guarded
 def _run(args: argparse.Namespace) -> int:
+    from ..comm import cleanup, get_rank
     from ..config import load_config
     from ..engine import Trainer
     from ..engine.checkpoint import find_resume_checkpoint
-    from ..engine.distributed import cleanup, get_rank
 
     overrides = collect_overrides(args)
     if args.output is not None:

@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..comm import unwrap
 from .data import base_dataset
-from .inference import metrics_table, unwrap
+from .inference import metrics_table
 from .predict import run_predict
 from .report import capture_evolution, evolution_figure, loss_figure, markdown_table
 

@@ -12,20 +12,15 @@ from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from tqdm import tqdm
 
+from ..comm import is_main_process, unwrap
 from ..config import ConfigError, EvalConfig
 from ..evaluation import CityscapesEvaluator, COCOEvaluator, DatasetEvaluator, LVISEvaluator
 from ..levelset import heaviside
 from ..modeling import LOSS_EPS
 from ..modeling.tta import TTAWrapper
-from .distributed import is_main_process
 
 __all__ = ["add_phi0_masks", "build_evaluator", "evaluate_model", "has_phi0", "make_evaluator",
-           "metrics_table", "predict_batch", "tta_kwargs", "unwrap"]
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a ``DistributedDataParallel`` wrapper."""
-    return getattr(model, "module", model)
+           "metrics_table", "predict_batch", "tta_kwargs"]
 
 
 def has_phi0(model: nn.Module) -> bool:

@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from torchvision.ops import roi_align  # noqa: E402
 
-from .inference import unwrap  # noqa: E402
+from ..comm import unwrap  # noqa: E402
 
 __all__ = ["capture_evolution", "evolution_figure", "loss_figure", "markdown_table"]
 

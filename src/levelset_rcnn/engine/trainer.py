@@ -26,8 +26,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from .. import comm
 from ..config import Config
-from . import distributed as du
 from .build import build_model
 from .checkpoint import (
     FINAL_MODEL,
@@ -38,7 +38,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .data import base_dataset, build_datasets, build_train_loader, build_val_loader
-from .inference import build_evaluator, evaluate_model, metrics_table, tta_kwargs, unwrap
+from .inference import build_evaluator, evaluate_model, metrics_table, tta_kwargs
 from .solver import build_optimizer, lr_at, set_lr
 
 __all__ = ["Trainer", "TrainingDivergedError"]
@@ -48,14 +48,6 @@ logger = logging.getLogger(__name__)
 
 class TrainingDivergedError(FloatingPointError):
     """A loss became NaN or Inf; the weights were not updated with it."""
-
-
-def _gather_objects(obj: Any) -> list[Any]:
-    if du.get_world_size() == 1:
-        return [obj]
-    out: list[Any] = [None] * du.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 class Trainer:
@@ -72,9 +64,9 @@ class Trainer:
     def __init__(self, cfg: Config, *, resume: bool = False, progress: bool = True,
                  tensorboard: bool = True, model: nn.Module | None = None) -> None:
         self.cfg = cfg
-        self.device = du.resolve_device(cfg.train.device)
-        self.distributed = du.init_distributed(self.device)
-        self.rank, self.world_size = du.get_rank(), du.get_world_size()
+        self.device = comm.resolve_device(cfg.train.device)
+        self.distributed = comm.init_distributed(self.device)
+        self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
         self.output_dir = Path(cfg.train.output_dir)
         self.progress = progress
         self.history: list[dict[str, float]] = []
@@ -85,7 +77,7 @@ class Trainer:
         # Rank 0 makes any synthetic data first; the others then read it.
         if self.rank == 0:
             self.datasets = build_datasets(cfg, splits=self._splits())
-        du.barrier()
+        comm.barrier()
         if self.rank != 0:
             self.datasets = build_datasets(cfg, splits=self._splits())
         base = base_dataset(self.datasets["train"])
@@ -110,7 +102,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.model, device_ids=ids)
         self.writer = None
-        if tensorboard and du.is_main_process():
+        if tensorboard and comm.is_main_process():
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(self.output_dir / "tb"),
@@ -126,7 +118,7 @@ class Trainer:
     def _resume(self) -> None:
         path = self.output_dir / LAST_CHECKPOINT
         ckpt = load_checkpoint(path, map_location="cpu")
-        unwrap(self.model).load_state_dict(ckpt["model"])
+        comm.unwrap(self.model).load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.amp and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -139,7 +131,7 @@ class Trainer:
                            "restart from rank 0's state", len(states), self.world_size)
             set_rng_state(states[0])
         self.last_checkpoint = path
-        if du.is_main_process():
+        if comm.is_main_process():
             print(f"resumed from {path} at iteration {self.start_iter}")
 
     def _sync_buffers(self) -> None:
@@ -151,17 +143,17 @@ class Trainer:
         backbone uses frozen statistics.)
         """
         if self.distributed:
-            for buf in unwrap(self.model).buffers():
+            for buf in comm.unwrap(self.model).buffers():
                 dist.broadcast(buf, src=0)
 
     def save(self, iteration: int) -> Path | None:
         """Write ``checkpoint_last.pth`` (all ranks join to gather their RNG states)."""
         self._sync_buffers()
-        states = _gather_objects(rng_state())
+        states = comm.all_gather(rng_state())
         path = self.output_dir / LAST_CHECKPOINT
-        if du.is_main_process():
+        if comm.is_main_process():
             payload = {
-                "model": unwrap(self.model).state_dict(),
+                "model": comm.unwrap(self.model).state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.amp else {},
                 "iteration": iteration,
@@ -170,7 +162,7 @@ class Trainer:
                 "meta": self.meta,
             }
             save_checkpoint(path, payload)
-        du.barrier()
+        comm.barrier()
         self.last_checkpoint = path
         return path
 
@@ -183,7 +175,7 @@ class Trainer:
         """
         cfg = self.cfg
         max_iter = cfg.solver.max_iter
-        main = du.is_main_process()
+        main = comm.is_main_process()
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             cfg.dump(self.output_dir / "config.yaml")
@@ -220,7 +212,7 @@ class Trainer:
             if main:
                 bar.close()
                 save_checkpoint(self.output_dir / FINAL_MODEL, {
-                    "model": unwrap(self.model).state_dict(), "config": cfg.to_dict(),
+                    "model": comm.unwrap(self.model).state_dict(), "config": cfg.to_dict(),
                     "meta": self.meta, "iteration": max_iter})
             if cfg.train.eval_at_end and "val" in self.datasets:
                 t_eval = time.perf_counter()
@@ -248,7 +240,7 @@ class Trainer:
         values = {k: float(v.detach()) for k, v in loss_dict.items()}
         values["loss"] = float(total.detach())
         bad = 0.0 if math.isfinite(values["loss"]) else 1.0
-        if du.all_reduce_max(bad, self.device) > 0:
+        if comm.all_reduce_max(bad, self.device) > 0:
             where = f" (rank {self.rank})" if self.distributed else ""
             last = (f"the last good checkpoint is {self.last_checkpoint}"
                     if self.last_checkpoint else "no checkpoint was written yet")
@@ -279,7 +271,7 @@ class Trainer:
                              device=self.device)
             dist.all_reduce(t)
             avg.update({k: float(v) / self.world_size for k, v in zip(keys, t, strict=True)})
-        if not du.is_main_process():
+        if not comm.is_main_process():
             return
         record = {"iteration": done, "time_per_iter": step_time, **avg}
         log_file.write(json.dumps(record) + "\n")
@@ -297,7 +289,7 @@ class Trainer:
         results = evaluate_model(self.model, loader, evaluator, self.device,
                                  progress=self.progress, **tta_kwargs(cfg.eval))
         self.model.train()
-        if not du.is_main_process():
+        if not comm.is_main_process():
             return {}
         table = metrics_table(results)
         log_file.write(json.dumps({"iteration": done, "eval": results}) + "\n")

@@ -6,8 +6,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..comm import all_gather, get_rank
 from .coco_results import output_to_records
-from .distributed import all_gather_objects, rank
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class RecordingEvaluator(DatasetEvaluator):
         """:meth:`gathered` on the process that scores (rank 0, or every rank with
         ``all_ranks``); None elsewhere and when no image was processed (with a warning)."""
         records = self.gathered()
-        if rank() != 0 and not getattr(self, "all_ranks", False):
+        if get_rank() != 0 and not getattr(self, "all_ranks", False):
             return None
         if not records:
             logger.warning("%s: no images were processed", type(self).__name__)
@@ -152,7 +152,7 @@ class RecordingEvaluator(DatasetEvaluator):
     def gathered(self) -> dict[int, list[dict[str, Any]]]:
         """Every process's records (under DDP; this process's otherwise), by image id."""
         merged: dict[int, list[dict[str, Any]]] = {}
-        for part in all_gather_objects(self._records):
+        for part in all_gather(self._records):
             for image_id, recs in part.items():
                 merged.setdefault(image_id, recs)
         return merged
