@@ -17,12 +17,9 @@ from pycocotools import mask as mask_utils
 from levelset_rcnn.data import CocoInstanceDataset, DatasetError
 from levelset_rcnn.data.converters import COCO80_CAT_IDS, COCO80_NAMES
 from levelset_rcnn.data.converters.lvis import convert_lvis
+from levelset_rcnn.data.lvis_json import COCO_LVIS_SYNSETS, LVISFormatError
 from levelset_rcnn.engine.inference import evaluate_model
-from levelset_rcnn.evaluation.lvis_evaluator import (
-    COCO_LVIS_SYNSETS,
-    LVISEvaluator,
-    LVISFormatError,
-)
+from levelset_rcnn.evaluation.lvis_evaluator import LVISEvaluator
 from levelset_rcnn.modeling import levelset_rcnn
 
 from ..evaluation.test_lvis_evaluator import (

@@ -12,13 +12,8 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from levelset_rcnn.data.converters import COCO80_CAT_IDS, COCO80_NAMES
-from levelset_rcnn.evaluation.lvis_evaluator import (
-    COCO_LVIS_SYNSETS,
-    LVISEvaluator,
-    LVISFormatError,
-    coco_to_lvis_category_ids,
-)
+from levelset_rcnn.data.lvis_json import LVISFormatError
+from levelset_rcnn.evaluation.lvis_evaluator import LVISEvaluator
 
 H, W = 48, 64
 # LVIS ids are unrelated to COCO ids (person 793, car 207, dog 378 here); an LVIS
@@ -185,24 +180,6 @@ def test_accepts_a_parsed_dict_and_an_image_processed_twice_counts_once():
     ev.process([102], [output([(2, gt_box(4), 0.4)])])
     ev.process([102], [output([(2, (40, 30, 8, 8), 0.9)])])  # DDP padding repeat: ignored
     assert ev.evaluate()["lvis_segm/masks"]["AP"] == pytest.approx(100.0)
-
-
-def test_synset_table_is_the_80_coco_classes():
-    assert sorted(COCO_LVIS_SYNSETS) == list(COCO80_CAT_IDS)
-    assert [COCO_LVIS_SYNSETS[i][0] for i in COCO80_CAT_IDS] == list(COCO80_NAMES)
-    assert len({s for _, s in COCO_LVIS_SYNSETS.values()}) == 80
-    # Entries typed in from lvis-api's coco_to_synset.json (all but frank.n.02 are also in
-    # LVIS v1's category list).
-    known = {1: "person.n.01", 13: "stop_sign.n.01", 21: "beef.n.01", 31: "bag.n.04",
-             33: "bag.n.06", 58: "frank.n.02", 64: "pot.n.04", 72: "television_receiver.n.01",
-             89: "hand_blower.n.01"}
-    for coco_id, synset in known.items():
-        assert COCO_LVIS_SYNSETS[coco_id][1] == synset
-
-
-def test_mapping_by_synset():
-    got = coco_to_lvis_category_ids(make_lvis()["categories"], [1, 3, 18], source="x.json")
-    assert got == {1: PERSON, 3: CAR, 18: DOG}
 
 
 def test_missing_lvis_category_for_a_predicted_coco_class(lvis_file):

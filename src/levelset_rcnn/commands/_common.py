@@ -49,8 +49,8 @@ def guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
     def run(args: argparse.Namespace) -> int:
         from ..config import ConfigError
         from ..data.errors import DatasetError
+        from ..data.lvis_json import LVISFormatError
         from ..engine import TrainingDivergedError
-        from ..evaluation import LVISFormatError
         from ..modeling import WeightsUnavailableError
 
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")

@@ -16,9 +16,9 @@ COCO-trained model read unchanged:
 - ``annotations``: the LVIS instances of COCO categories, ids kept, ``category_id`` = COCO id.
 
 The result is also a valid LVIS file (a "cocofied" LVIS), so
-:class:`~levelset_rcnn.evaluation.lvis_evaluator.LVISEvaluator` accepts it as well as the
+:class:`~levelset_rcnn.evaluation.LVISEvaluator` accepts it as well as the
 original LVIS JSON. The COCO <-> LVIS correspondence is by WordNet synset
-(:data:`~levelset_rcnn.evaluation.lvis_evaluator.COCO_LVIS_SYNSETS`), which works for LVIS
+(:data:`~levelset_rcnn.data.lvis_json.COCO_LVIS_SYNSETS`), which works for LVIS
 v0.5 and v1; v1 has no category for COCO's "hot dog" (``frank.n.02``), so converting v1
 needs ``drop_missing=True``.
 
@@ -38,12 +38,8 @@ from urllib.parse import urlparse
 
 from tqdm import tqdm
 
-from ...evaluation.lvis_evaluator import (
-    LVISFormatError,
-    coco_to_lvis_category_ids,
-    read_lvis_json,
-)
 from ..errors import DatasetError
+from ..lvis_json import LVISFormatError, coco_to_lvis_category_ids, read_lvis_json
 from .coco_classes import COCO80_CAT_IDS, coco80_categories
 from .common import check_output, write_coco_json
 
