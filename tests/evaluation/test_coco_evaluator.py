@@ -30,17 +30,25 @@ def test_perfect_predictions_score_100():
         assert seg[key] == pytest.approx(100), key
 
 
-@pytest.mark.parametrize("shift, ap, af1", [(1, 70.0, 100.0), (2, 40.0, 100 * 20 / 36)])
-def test_shifted_square_hand_computed(shift, ap, af1):
+@pytest.mark.parametrize("shift, ap, af1, af1_davis",
+                         [(1, 70.0, 100.0, 100.0), (2, 40.0, 100 * 20 / 36, 100 * 22 / 40)])
+def test_shifted_square_hand_computed(shift, ap, af1, af1_davis):
     # 10x10 square shifted by s px: IoU = (10 - s) / (10 + s), 0.818 for s=1 (a true positive
     # at thresholds 0.50..0.80, 7 of 10) and 0.667 for s=2 (0.50..0.65, 4 of 10). A single
-    # detection is either a perfect hit (AP 1) or a miss (0) at each threshold.
+    # detection is either a perfect hit (AP 1) or a miss (0) at each threshold. AF1 of the
+    # inner contour (36-pixel rings) and of DAVIS's boundary (40-pixel rings), counted in
+    # test_boundary.py.
     coco = gt_coco([[(3, square(10, 10))]])
-    res = _evaluate(coco, [prediction([(1, square(10, 10 + shift), 0.9)])])
+    outs = [prediction([(1, square(10, 10 + shift), 0.9)])]
+    res = _evaluate(coco, outs, boundary_mode="inner")
     assert res["bbox"]["AP"] == pytest.approx(ap)
     assert res["segm/masks"]["AP"] == pytest.approx(ap)
     assert res["segm/masks"]["AF1"] == pytest.approx(af1)
     assert res["segm/masks"]["AF2"] == pytest.approx(100.0)
+    davis = _evaluate(coco, outs)["segm/masks"]  # the default
+    assert davis["AP"] == pytest.approx(ap)
+    assert davis["AF1"] == pytest.approx(af1_davis)
+    assert davis["AF2"] == pytest.approx(100.0)
 
 
 def test_missing_instance_halves_recall():
@@ -77,11 +85,14 @@ def test_several_mask_sets_side_by_side():
     coco = gt_coco([[(3, square(10, 10))]])
     out = prediction([(1, square(10, 10), 0.9)])
     out["masks_phi0"] = torch.from_numpy(square(10, 12).astype(np.float32))[None, None]
-    res = _evaluate(coco, [out], mask_keys=("masks", "masks_phi0"))
+    res = _evaluate(coco, [out], mask_keys=("masks", "masks_phi0"), boundary_mode="inner")
     assert set(res) == {"bbox", "segm/masks", "segm/masks_phi0"}
     assert res["segm/masks"]["AP"] == pytest.approx(100)
     assert res["segm/masks_phi0"]["AP"] == pytest.approx(40)
     assert res["segm/masks_phi0"]["AF1"] == pytest.approx(100 * 20 / 36)
+    davis = _evaluate(coco, [out], mask_keys=("masks", "masks_phi0"))
+    assert davis["segm/masks"]["AF1"] == pytest.approx(100)
+    assert davis["segm/masks_phi0"]["AF1"] == pytest.approx(100 * 22 / 40)
 
 
 def test_probabilities_are_thresholded():
@@ -179,3 +190,9 @@ def test_max_dets_caps_detections_per_image():
     capped = _evaluate(coco, [out], max_dets=2)
     assert capped["segm/masks"]["AP"] == pytest.approx(100 * 67 / 101)
     assert capped["bbox"]["AP50"] == pytest.approx(100 * 67 / 101)
+
+
+def test_boundary_mode_is_checked():
+    coco = gt_coco([[(3, square(2, 2))]])
+    with pytest.raises(ValueError, match="boundary_mode"):
+        COCOEvaluator(coco, label_to_cat_id=LABEL_TO_CAT, boundary_mode="outer")

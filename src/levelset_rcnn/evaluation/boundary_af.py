@@ -5,7 +5,10 @@ True positives are taken from pycocotools' own matching (``COCOeval.evaluateImg`
 and class, detections in score order greedily take the best still-free ground truth above
 each IoU threshold 0.5:0.05:0.95; matches to crowd regions are ignored). For every
 (class, threshold) with at least one true positive the mean boundary F is taken; AF_k is the
-mean of those cells, in percent (NaN when there is no true positive at all).
+mean of those cells, in percent (NaN when there is no true positive at all). The boundary F
+of a pair is :func:`~levelset_rcnn.evaluation.boundary.boundary_f_scores`: DAVIS's
+``f_measure`` (boundary map ``_seg2bmap``) by default, the inner contour with
+``mode="inner"``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from pycocotools.cocoeval import COCOeval
 
-from .boundary import boundary_f_scores
+from .boundary import BoundaryMode, boundary_f_scores
 
 __all__ = ["boundary_af"]
 
@@ -23,14 +26,17 @@ MaskLookup = Callable[[int], np.ndarray]
 
 
 def boundary_af(coco_eval: COCOeval, *, gt_mask: MaskLookup, dt_mask: MaskLookup,
-                tolerances: Sequence[float] = (1, 2)) -> dict[str, float]:
+                tolerances: Sequence[float] = (1, 2), mode: BoundaryMode = "davis"
+                ) -> dict[str, float]:
     """``{"AF1": .., "AF2": ..}`` (keys ``AF<tol>``) from an evaluated ``COCOeval``.
 
     Args:
         coco_eval: after ``evaluate()`` (its ``evalImgs`` hold the matches).
         gt_mask: ground-truth annotation id -> binary ``(H, W)`` mask.
         dt_mask: detection id -> binary ``(H, W)`` mask.
-        tolerances: boundary tolerances in pixels.
+        tolerances: boundary tolerances in pixels (below 1 in ``"davis"`` mode: a fraction
+            of the image diagonal, as DAVIS).
+        mode: the boundary definition, ``"davis"`` or ``"inner"`` (see :mod:`.boundary`).
     """
     params = coco_eval.params
     all_range = params.areaRng[0]
@@ -50,7 +56,8 @@ def boundary_af(coco_eval: COCOeval, *, gt_mask: MaskLookup, dt_mask: MaskLookup
                     continue
                 key = (dt_id, gt_id)
                 if key not in cache:
-                    cache[key] = boundary_f_scores(dt_mask(dt_id), gt_mask(gt_id), tolerances)
+                    cache[key] = boundary_f_scores(dt_mask(dt_id), gt_mask(gt_id), tolerances,
+                                                   mode)
                 sums[c, t] += cache[key]
                 counts[c, t] += 1
     result = {}

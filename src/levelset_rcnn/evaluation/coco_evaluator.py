@@ -15,6 +15,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from .boundary import BOUNDARY_MODES, BoundaryMode
 from .boundary_af import boundary_af
 from .evaluator import RecordingEvaluator
 
@@ -67,6 +68,10 @@ class COCOEvaluator(RecordingEvaluator):
     rank's records are gathered; an image seen twice (padding of ``DistributedSampler``)
     counts once; results are returned on rank 0 (``{}`` elsewhere) unless ``all_ranks``.
 
+    AF1/AF2 (the paper's metric, see :mod:`.boundary_af`) is the boundary F of DAVIS
+    (davisvideochallenge/davis2017-evaluation, ``f_measure`` / ``_seg2bmap``) over COCO's true
+    positives.
+
     Args:
         coco_gt: the ground truth (a pycocotools ``COCO`` or a JSON path).
         label_to_cat_id: contiguous model label -> COCO category id.
@@ -75,7 +80,10 @@ class COCOEvaluator(RecordingEvaluator):
             coordinates, each evaluated as its own ``segm/<key>`` entry.
         boundary: also compute AF (``AF1``, ``AF2`` for ``tolerances=(1, 2)``).
         mask_threshold: probabilities above it are inside.
-        tolerances: boundary tolerances in pixels.
+        tolerances: boundary tolerances in pixels (below 1: a fraction of the image diagonal,
+            as DAVIS's ``bound_th``; ``"davis"`` mode only).
+        boundary_mode: the boundary AF is computed on: ``"davis"`` (DAVIS's ``_seg2bmap``, as
+            the paper) or ``"inner"`` (the inner 4-connected contour); see :mod:`.boundary`.
         max_dets: detections per image kept by COCO's matching (100 in the COCO protocol;
             raise it for crowded images such as nuclei).
         all_ranks: return results on every rank.
@@ -85,10 +93,14 @@ class COCOEvaluator(RecordingEvaluator):
                  iou_types: Sequence[str] = ("bbox", "segm"),
                  mask_keys: Sequence[str] = ("masks",), boundary: bool = True,
                  mask_threshold: float = 0.5, tolerances: Sequence[float] = (1, 2),
-                 max_dets: int = 100, all_ranks: bool = False) -> None:
+                 boundary_mode: BoundaryMode = "davis", max_dets: int = 100,
+                 all_ranks: bool = False) -> None:
         bad = set(iou_types) - {"bbox", "segm"}
         if bad:
             raise ValueError(f"unsupported iou_types {sorted(bad)}; use 'bbox' and/or 'segm'")
+        if boundary_mode not in BOUNDARY_MODES:
+            raise ValueError(f"unknown boundary_mode {boundary_mode!r}; use one of "
+                             f"{BOUNDARY_MODES}")
         self.coco_gt = _load_gt(coco_gt)
         self.label_to_cat_id = dict(label_to_cat_id)
         unknown = set(self.label_to_cat_id.values()) - set(self.coco_gt.cats)
@@ -102,6 +114,7 @@ class COCOEvaluator(RecordingEvaluator):
         self.boundary = boundary
         self.mask_threshold = mask_threshold
         self.tolerances = tuple(tolerances)
+        self.boundary_mode = boundary_mode
         self.max_dets = max_dets
         self.all_ranks = all_ranks
         self.reset()
@@ -150,4 +163,4 @@ class COCOEvaluator(RecordingEvaluator):
             return mask_utils.decode(coco_dt.anns[det_id]["segmentation"])
 
         return boundary_af(coco_eval, gt_mask=gt_mask, dt_mask=dt_mask,
-                           tolerances=self.tolerances)
+                           tolerances=self.tolerances, mode=self.boundary_mode)
