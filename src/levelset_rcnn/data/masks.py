@@ -2,19 +2,48 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
-__all__ = ["mask_to_rle", "segmentation_to_rle", "decode_segmentation", "mask_bbox"]
+if TYPE_CHECKING:  # data/ reads and writes files without importing torch
+    import torch
+
+__all__ = ["encode_masks", "mask_to_rle", "segmentation_to_rle", "decode_segmentation",
+           "mask_bbox"]
+
+
+def encode_masks(masks: torch.Tensor | np.ndarray, threshold: float = 0.5) -> list[dict]:
+    """Compressed RLE (``counts`` as a JSON-ready str) of each mask in ``(K, 1, H, W)`` or
+    ``(K, H, W)``: the one RLE encoder of the package.
+
+    Floating-point masks are probabilities binarised at ``> threshold``; integer or bool
+    masks are taken as binary (nonzero = inside).
+    """
+    if not isinstance(masks, np.ndarray):  # a torch.Tensor
+        masks = masks.detach().cpu().numpy()
+    if masks.ndim == 4:
+        masks = masks[:, 0]
+    if masks.dtype == np.bool_:
+        binary = masks
+    elif np.issubdtype(masks.dtype, np.floating):
+        binary = masks > threshold
+    else:
+        binary = masks != 0
+    if binary.shape[0] == 0:
+        return []
+    # pycocotools reads (H, W, K) in column order; a bool array is viewed as uint8 (0 / 1)
+    # without a copy, so a Fortran-ordered (H, W) mask is encoded in place.
+    rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)).view(np.uint8))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
 
 
 def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
-    """Compressed RLE of a binary ``(H, W)`` mask, with ``counts`` as a JSON-ready str."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
+    """:func:`encode_masks` of one binary ``(H, W)`` mask."""
+    return encode_masks(mask[None])[0]
 
 
 def segmentation_to_rle(seg: list | dict, height: int, width: int) -> dict[str, Any]:

@@ -3,11 +3,12 @@ paper's boundary metric AF1/AF2, the official Cityscapes instance-level AP / AP5
 federated AP (AP*)."""
 
 from ..data.lvis_json import COCO_LVIS_SYNSETS, LVISFormatError
+from ..data.masks import encode_masks
 from .boundary import boundary_f_scores, mask_boundary
 from .boundary_af import boundary_af
 from .cityscapes_evaluator import CityscapesEvaluator, run_cityscapes_evaluation
 from .coco_evaluator import AP_NAMES, COCOEvaluator
-from .coco_results import encode_masks, write_coco_results
+from .coco_results import write_coco_results
 from .evaluator import DatasetEvaluator, DatasetEvaluators
 from .lvis_evaluator import LVIS_AP_NAMES, LVISEvaluator
 

@@ -9,28 +9,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 
-__all__ = ["encode_masks", "output_to_records", "write_coco_results"]
+from ..data.masks import encode_masks
 
-
-def encode_masks(masks: torch.Tensor | np.ndarray, threshold: float = 0.5) -> list[dict]:
-    """RLE (``counts`` as str) of each mask in ``(K, 1, H, W)`` or ``(K, H, W)``.
-
-    Floating-point masks are probabilities binarised at ``> threshold``; integer or bool
-    masks are taken as binary (nonzero = inside).
-    """
-    if isinstance(masks, torch.Tensor):
-        masks = masks.detach().cpu().numpy()
-    if masks.ndim == 4:
-        masks = masks[:, 0]
-    binary = masks > threshold if np.issubdtype(masks.dtype, np.floating) else masks != 0
-    if binary.shape[0] == 0:
-        return []
-    rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0).astype(np.uint8)))
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles
+__all__ = ["output_to_records", "write_coco_results"]
 
 
 def _numpy(x: Any) -> np.ndarray:
