@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from pathlib import Path
+
+from ._common import guarded
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -92,61 +92,46 @@ def _report(path: Path) -> int:
     return 0
 
 
-def _guarded(fn):
-    """Run a converter; turn bad-input errors into one line on stderr and exit code 1."""
-    from ..data.errors import DatasetError
-
-    def run(args: argparse.Namespace) -> int:
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-        try:
-            return _report(fn(args))
-        except (DatasetError, FileExistsError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-
-    return run
-
-
-@_guarded
-def _lvis(args: argparse.Namespace) -> Path:
+@guarded
+def _lvis(args: argparse.Namespace) -> int:
     from ..data.converters import convert_lvis
 
-    return convert_lvis(args.lvis_json, args.out, splits=args.splits,
-                        drop_missing=args.drop_missing, overwrite=args.overwrite,
-                        progress=not args.quiet)
+    return _report(convert_lvis(args.lvis_json, args.out, splits=args.splits,
+                                drop_missing=args.drop_missing, overwrite=args.overwrite,
+                                progress=not args.quiet))
 
 
-@_guarded
-def _cityscapes(args: argparse.Namespace) -> Path:
+@guarded
+def _cityscapes(args: argparse.Namespace) -> int:
     from ..data.converters import convert_cityscapes
 
-    return convert_cityscapes(args.src, args.out, split=args.split, overwrite=args.overwrite,
-                              progress=not args.quiet)
+    return _report(convert_cityscapes(args.src, args.out, split=args.split,
+                                      overwrite=args.overwrite, progress=not args.quiet))
 
 
-@_guarded
-def _dsb2018(args: argparse.Namespace) -> Path:
+@guarded
+def _dsb2018(args: argparse.Namespace) -> int:
     from ..data.converters import convert_dsb2018
 
-    return convert_dsb2018(args.src, args.out, split=args.split, overwrite=args.overwrite,
-                           progress=not args.quiet)
+    return _report(convert_dsb2018(args.src, args.out, split=args.split,
+                                   overwrite=args.overwrite, progress=not args.quiet))
 
 
-@_guarded
-def _yolo_seg(args: argparse.Namespace) -> Path:
+@guarded
+def _yolo_seg(args: argparse.Namespace) -> int:
     from ..data.converters import convert_yolo_seg
 
     names = None
     if args.names is not None:
         names = [n.strip() for n in args.names.read_text().splitlines() if n.strip()]
-    return convert_yolo_seg(args.images, args.labels, args.out, names=names,
-                            overwrite=args.overwrite, progress=not args.quiet)
+    return _report(convert_yolo_seg(args.images, args.labels, args.out, names=names,
+                                    overwrite=args.overwrite, progress=not args.quiet))
 
 
-@_guarded
-def _synthetic(args: argparse.Namespace) -> Path:
+@guarded
+def _synthetic(args: argparse.Namespace) -> int:
     from ..data.synthetic import make_synthetic_coco
 
-    return make_synthetic_coco(args.out_dir, num_images=args.num_images,
-                               image_size=args.image_size, seed=args.seed,
-                               split_name=args.split, overwrite=args.overwrite)
+    return _report(make_synthetic_coco(args.out_dir, num_images=args.num_images,
+                                       image_size=args.image_size, seed=args.seed,
+                                       split_name=args.split, overwrite=args.overwrite))

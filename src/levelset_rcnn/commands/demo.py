@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._common import OutputDirError, guarded
+from ._common import guarded, prepare_output_dir
 
 #: The demo recipe: ``configs/synthetic_cpu.yaml``'s model and solver (a test keeps them
 #: equal), with the iteration budget the demo measures out for a 2-core CPU.
@@ -68,13 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _prepare(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise OutputDirError(f"output {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists() and not overwrite:
-        raise OutputDirError(f"output folder {out} exists, is not empty and is not a previous "
-                             "demo output; pass --overwrite or choose another --output")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by levelset-rcnn demo\n")
+    """The output folder: a previous demo output is replaced, any other non-empty folder
+    refused unless ``overwrite``."""
+    prepare_output_dir(out, overwrite=overwrite, marker=MARKER, command="demo")
     for stale in ("train/checkpoint_last.pth", "train/metrics.jsonl"):
         (out / stale).unlink(missing_ok=True)
 
@@ -104,6 +100,7 @@ def build_demo_config(args: argparse.Namespace) -> Any:
 @guarded
 def _run(args: argparse.Namespace) -> int:
     from ..engine import Trainer
+    from ..engine.tables import format_metrics
 
     t_start = time.perf_counter()
     out: Path = args.output
@@ -125,9 +122,9 @@ def _run(args: argparse.Namespace) -> int:
     print(f"[4/4] wrote {report}")
     summary = json.loads((out / "demo_results.json").read_text())
     names = {"masks_phi0": "phi_0 (initial)", "masks": "phi_N (final)"}
-    for key, row in summary["table"].items():
-        cells = "  ".join(f"{c} " + ("n/a" if row.get(c) is None else f"{row[c]:.1f}")
-                          for c in ("AP", "AP50", "AF1", "AF2"))
-        print(f"  {names.get(key, key):<16} mask {cells}")
+    rows = {names.get(key, key): row for key, row in summary["table"].items()}
+    for line in format_metrics(rows, columns=("AP", "AP50", "AF1", "AF2"), header="mask",
+                               style="lines").splitlines():
+        print(f"  {line}")
     print(f"total {summary['wall_time_s']:.0f} s")
     return 0

@@ -7,8 +7,14 @@ import argparse
 import json
 from pathlib import Path
 
-from ._common import add_override_args, collect_overrides, guarded, prepare_output_dir
-from .predict import add_tta_args, tta_overrides
+from ._common import (
+    add_override_args,
+    add_tta_args,
+    collect_overrides,
+    guarded,
+    prepare_output_dir,
+    tta_overrides,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,32 +46,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run)
 
 
-def format_table(table: dict[str, dict[str, float]]) -> str:
-    """Markdown table of the mask rows (the columns the evaluator reported)."""
-    names = {"masks": "final masks (phi_N / Mask R-CNN)", "masks_phi0": "initial phi_0"}
-    cols = [c for c in ("AP", "AP50", "AP75", "APr", "APc", "APf", "AF1", "AF2")
-            if any(c in row for row in table.values())]
-    lines = ["| masks | " + " | ".join(cols) + " |", "| --- |" + " ---: |" * len(cols)]
-    for key, row in table.items():
-        lines.append(f"| {names.get(key, key)} | "
-                     + " | ".join(f"{row.get(c, float('nan')):.1f}" for c in cols) + " |")
-    return "\n".join(lines)
+#: Row names of the mask rows :func:`~levelset_rcnn.engine.tables.metrics_table` returns.
+ROW_NAMES = {"masks": "final masks (phi_N / Mask R-CNN)", "masks_phi0": "initial phi_0"}
 
 
 def format_per_class(results: dict) -> str:
     """Markdown table of per-class mask AP / AP50 (Cityscapes, as in the paper's Table 1)."""
+    from ..engine.tables import format_metrics
+
     sets = {k.split("/", 1)[1]: v["per_class"] for k, v in results.items()
             if k.startswith("cityscapes/") and isinstance(v, dict) and "per_class" in v}
     if not sets:
         return ""
     classes = list(next(iter(sets.values())))
-    lines = ["| masks | metric | " + " | ".join(classes) + " |",
-             "| --- | --- |" + " ---: |" * len(classes)]
-    for key, per in sets.items():
-        for metric in ("AP", "AP50"):
-            lines.append(f"| {key} | {metric} | " + " | ".join(
-                f"{per[c].get(metric, float('nan')):.1f}" for c in classes) + " |")
-    return "\n".join(lines)
+    rows = {(key, metric): {c: per[c].get(metric) for c in classes}
+            for key, per in sets.items() for metric in ("AP", "AP50")}
+    return format_metrics(rows, columns=classes, header=("masks", "metric"))
 
 
 @guarded
@@ -75,6 +71,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..engine import load_trained_model, metrics_table
     from ..engine.data import build_datasets, build_val_loader
     from ..engine.inference import build_evaluator, evaluate_model, tta_kwargs
+    from ..engine.tables import format_metrics
 
     overrides = collect_overrides(args) + tta_overrides(args)
     if args.device:
@@ -103,7 +100,8 @@ def _run(args: argparse.Namespace) -> int:
             path = Path(out) / "eval_results.json"
             path.write_text(json.dumps(results, indent=2))
             print(f"box AP {results['bbox']['AP']:.1f}" if "bbox" in results else "")
-            print(format_table(metrics_table(results)))
+            table = metrics_table(results)
+            print(format_metrics({ROW_NAMES.get(k, k): row for k, row in table.items()}))
             per_class = format_per_class(results)
             if per_class:
                 print(per_class)

@@ -5,30 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import collect_overrides, guarded, prepare_output_dir
+from ._common import add_tta_args, collect_overrides, guarded, prepare_output_dir, tta_overrides
 
-__all__ = ["add_tta_args", "register", "tta_overrides"]
-
-
-def add_tta_args(p: argparse.ArgumentParser) -> None:
-    """``--tta`` and ``--tta-sizes`` (recipe fields ``eval.tta``, ``eval.tta_min_sizes``)."""
-    p.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: also run the mirrored image (and every "
-                        "--tta-sizes scale), merge the detections and average the level sets "
-                        "(eval.tta=true; eval.tta_flip=false drops the mirrored views)")
-    p.add_argument("--tta-sizes", type=int, nargs="+", default=None, metavar="N",
-                   help="shorter image edges of the TTA views, e.g. 800 1024 (implies --tta; "
-                        "default: the model's test size)")
-
-
-def tta_overrides(args: argparse.Namespace) -> list[str]:
-    """Recipe overrides for ``--tta`` / ``--tta-sizes``."""
-    out = []
-    if args.tta or args.tta_sizes:
-        out.append("eval.tta=true")
-    if args.tta_sizes:
-        out.append(f"eval.tta_min_sizes=[{', '.join(str(s) for s in args.tta_sizes)}]")
-    return out
+__all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

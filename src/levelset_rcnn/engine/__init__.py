@@ -18,17 +18,18 @@ from .inference import (
     build_evaluator,
     evaluate_model,
     make_evaluator,
-    metrics_table,
     predict_batch,
     tta_kwargs,
 )
 from .solver import build_optimizer, lr_at
+from .tables import format_metrics, metrics_table
 from .trainer import Trainer, TrainingDivergedError
 
 __all__ = [
     "FINAL_MODEL", "LAST_CHECKPOINT", "ResumableBatchSampler", "Trainer",
     "TrainingDivergedError", "add_phi0_masks", "build_datasets", "build_evaluator", "build_model",
     "build_optimizer", "build_train_loader", "build_val_loader", "evaluate_model",
+    "format_metrics",
     "load_checkpoint", "load_trained_model", "lr_at", "make_evaluator", "metrics_table",
     "model_kwargs",
     "model_state", "predict_batch", "rng_state", "save_checkpoint", "set_rng_state", "tta_kwargs",

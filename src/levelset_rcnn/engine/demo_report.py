@@ -11,9 +11,9 @@ from typing import Any
 
 from ..comm import unwrap
 from .data import base_dataset
-from .inference import metrics_table
 from .predict import run_predict
-from .report import capture_evolution, evolution_figure, loss_figure, markdown_table
+from .report import capture_evolution, evolution_figure, loss_figure
+from .tables import format_metrics, metrics_table
 
 __all__ = ["write_report"]
 
@@ -76,7 +76,8 @@ def write_report(trainer: Any, result: dict[str, Any], out: Path, *, progress: b
         "## Mask quality: initial phi_0 against refined phi_N", "",
         "COCO mask AP (pycocotools) and the paper's boundary F-measure AF1 / AF2, in percent "
         "(one evaluation pass; both rows share the same detections).", "",
-        markdown_table(rows), "", f"Box AP: {box_ap:.1f}.", "",
+        format_metrics(rows, columns=("AP", "AP50", "AP75", "AF1", "AF2")), "",
+        f"Box AP: {box_ap:.1f}.", "",
         "## phi_0 evolving into phi_N", "",
     ]
     lines += ([f"![phi_0 to phi_N]({evo.name})", "",

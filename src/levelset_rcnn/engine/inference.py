@@ -20,7 +20,7 @@ from ..modeling import LOSS_EPS
 from ..modeling.tta import TTAWrapper
 
 __all__ = ["add_phi0_masks", "build_evaluator", "evaluate_model", "has_phi0", "make_evaluator",
-           "metrics_table", "predict_batch", "tta_kwargs"]
+           "predict_batch", "tta_kwargs"]
 
 
 def has_phi0(model: nn.Module) -> bool:
@@ -163,22 +163,3 @@ def build_evaluator(dataset: Any, model: nn.Module, cfg: EvalConfig, *,
                              mask_threshold=cfg.mask_threshold,
                              drop_missing=cfg.lvis_drop_missing)
     raise ConfigError(f"eval.evaluator must be coco, cityscapes or lvis, got {cfg.evaluator!r}")
-
-
-#: Result keys of the mask rows per evaluator, and the columns worth showing.
-_MASK_PREFIXES = ("segm", "cityscapes", "lvis_segm")
-_COLUMNS = ("AP", "AP50", "AP75", "APr", "APc", "APf", "AF1", "AF2")
-
-
-def metrics_table(results: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """``{"masks": {...}, "masks_phi0": {...}}`` rows of mask AP / AP50 / AP75 / AF1 / AF2
-    (COCO), AP / AP50 (Cityscapes) or AP / AP50 / AP75 / APr / APc / APf (LVIS), from an
-    evaluator's ``evaluate()`` dict."""
-    rows = {}
-    for prefix in _MASK_PREFIXES:
-        for name in ("masks", "masks_phi0"):
-            r = results.get(f"{prefix}/{name}")
-            if isinstance(r, dict):
-                rows[name] = {k: float(r[k]) for k in _COLUMNS
-                              if isinstance(r.get(k), int | float)}
-    return rows

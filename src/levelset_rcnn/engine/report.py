@@ -1,9 +1,8 @@
-"""Figures and the markdown report of the demo: phi_0 evolving into phi_N, loss curve, table."""
+"""Figures of the demo's report: phi_0 evolving into phi_N, loss curve."""
 
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from torchvision.ops import roi_align  # noqa: E402
 
 from ..comm import unwrap  # noqa: E402
 
-__all__ = ["capture_evolution", "evolution_figure", "loss_figure", "markdown_table"]
+__all__ = ["capture_evolution", "evolution_figure", "loss_figure"]
 
 
 @torch.inference_mode()
@@ -125,17 +124,3 @@ def loss_figure(history: Sequence[dict[str, float]], path: str | Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def _fmt(v: float) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f}"
-
-
-def markdown_table(rows: dict[str, dict[str, float]]) -> str:
-    """``{row name: {"AP", "AP50", "AP75", "AF1", "AF2"}}`` as a markdown table."""
-    cols = ("AP", "AP50", "AP75", "AF1", "AF2")
-    lines = ["| masks | " + " | ".join(cols) + " |", "| --- |" + " ---: |" * len(cols)]
-    for name, row in rows.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(row.get(c, float("nan"))) for c in cols)
-                     + " |")
-    return "\n".join(lines)

@@ -38,8 +38,9 @@ from .checkpoint import (
     set_rng_state,
 )
 from .data import base_dataset, build_datasets, build_train_loader, build_val_loader
-from .inference import build_evaluator, evaluate_model, metrics_table, tta_kwargs
+from .inference import build_evaluator, evaluate_model, tta_kwargs
 from .solver import build_optimizer, lr_at, set_lr
+from .tables import metrics_table
 
 __all__ = ["Trainer", "TrainingDivergedError"]
 
