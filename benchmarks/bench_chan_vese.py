@@ -29,12 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # for tests.levelset.reference, the baseline formula
-
-from tests.levelset.reference import ref_chan_vese  # noqa: E402
-
-from levelset_rcnn.levelset import chan_vese, chan_vese_evolve  # noqa: E402
+from levelset_rcnn.levelset import chan_vese, chan_vese_evolve
+from levelset_rcnn.levelset.reference import ref_chan_vese
 
 
 def make_inputs(R: int, C: int, M: int, N: int, device: str, seed: int = 0):

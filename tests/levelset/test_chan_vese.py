@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from levelset_rcnn.levelset import ChanVese, chan_vese_evolve
-
-from .reference import ref_chan_vese
+from levelset_rcnn.levelset.reference import ref_chan_vese
 
 
 def _inputs(R=3, C=4, M=12, N=3, dtype=torch.float64, seed=0):

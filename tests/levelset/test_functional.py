@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from levelset_rcnn.levelset import curvature, dirac, heaviside, heaviside_grad, sobel
-
-from .reference import ref_curvature, ref_dirac, ref_heaviside, ref_sobel
+from levelset_rcnn.levelset.reference import ref_curvature, ref_dirac, ref_heaviside, ref_sobel
 
 
 @pytest.mark.parametrize("eps", [1e-3, 0.1, 1.0, 30.0])

@@ -1,6 +1,10 @@
-"""Direct, line-by-line transcriptions of the paper's equations, kept independent of the
-package: Sobel by ``conv2d`` with the explicit 3x3 kernels, data terms with ``F - c``
-materialised. Used by the tests as the reference and by the benchmark as the baseline.
+"""The readable, slow reference of the level-set core: direct, line-by-line transcriptions of
+the paper's eq. 4 and 7-9, kept independent of the fast code in
+:mod:`levelset_rcnn.levelset.chan_vese` and :mod:`levelset_rcnn.levelset.functional`: Sobel by
+``conv2d`` with the explicit 3x3 kernels, data terms with ``F - c`` materialised, autograd for
+the backward pass. It exists to check the fast layer: the tests compare against it (in
+float64) and ``benchmarks/bench_chan_vese.py`` times it as the baseline. Do not use it for
+training; it is several times slower and keeps every intermediate for backward.
 
 The two regularisers the package documents (``eta`` in ``|grad phi|`` and ``kappa`` in the
 region areas) are part of the discretisation, so the reference applies them the same way.
