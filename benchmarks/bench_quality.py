@@ -12,8 +12,8 @@ with ``model.mask_head_type=lsloss|delse|delse_hp``). ``--models`` picks among:
 
 Datasets:
 
-* ``synthetic``: the embedded textured-shapes data (``configs/synthetic_cpu.yaml``);
-* ``dsb2018``: DSB2018 nuclei (``configs/dsb2018_cpu.yaml``), the first 200 images by sorted
+* ``synthetic``: the embedded textured-shapes data (the packaged recipe ``synthetic_cpu``);
+* ``dsb2018``: DSB2018 nuclei (the packaged recipe ``dsb2018_cpu``), the first 200 images by sorted
   id for training and the last 50 for validation.
 
 Reports mask AP, AP50 (pycocotools, percent), the boundary AF1 / AF2 and the box AP of each
@@ -53,14 +53,14 @@ MODEL_SPECS: dict[str, tuple[str, tuple[str, ...], str, dict[str, str]]] = {
 }
 
 
-def _recipe(dataset: str, args: argparse.Namespace, work: Path) -> tuple[Path, list[str]]:
+def _recipe(dataset: str, args: argparse.Namespace, work: Path) -> tuple[str, list[str]]:
     common = [f"solver.max_iter={args.iters}", f"solver.steps=[{int(args.iters * 0.8)}]",
               f"solver.warmup_iters={min(50, max(1, args.iters // 10))}",
               f"model.backbone={args.backbone}", f"train.seed={args.seed}",
               f"train.checkpoint_period={args.iters}", "train.log_period=20",
               "train.eval_at_end=true", "train.eval_period=0"]
     if dataset == "synthetic":
-        return REPO / "configs" / "synthetic_cpu.yaml", common + [
+        return "synthetic_cpu", common + [
             f"data.root={work / 'synthetic_data'}",
             f"data.synthetic_train_images={args.synthetic_train}",
             f"data.synthetic_val_images={args.synthetic_val}"]
@@ -69,7 +69,7 @@ def _recipe(dataset: str, args: argparse.Namespace, work: Path) -> tuple[Path, l
     ann = work / "dsb2018" / "nuclei_all.json"
     if not ann.is_file():
         convert_dsb2018(args.dsb_src, ann, split="all", progress=False)
-    return REPO / "configs" / "dsb2018_cpu.yaml", common + [
+    return "dsb2018_cpu", common + [
         f"data.train_images={args.dsb_src}", f"data.val_images={args.dsb_src}",
         f"data.train_ann={ann}", f"data.val_ann={ann}"]
 
@@ -79,9 +79,9 @@ def run_one(dataset: str, name: str, args: argparse.Namespace, work: Path) -> di
     from levelset_rcnn.engine import Trainer
 
     arch, extra, folder, _ = MODEL_SPECS[name]
-    path, overrides = _recipe(dataset, args, work)
+    recipe, overrides = _recipe(dataset, args, work)
     out = work / dataset / folder
-    cfg = load_config(path, overrides + list(args.set) + list(extra) + [
+    cfg = load_config(recipe, overrides + list(args.set) + list(extra) + [
         f"model.arch={arch}", f"train.output_dir={out}"])
     t0 = time.perf_counter()
     trainer = Trainer(cfg, progress=not args.quiet, tensorboard=False)

@@ -1,14 +1,17 @@
 """Training / evaluation configuration: dataclasses loaded from YAML, with dotted overrides.
 
 A recipe is a YAML file with up to five sections (``model``, ``data``, ``solver``, ``train``,
-``eval``); a field left out keeps its default. Command-line overrides are ``key=value``
-strings with a dotted key (``solver.base_lr=0.01``, ``model.loss_weights=[1, 5]``); the value
-is parsed as YAML. An unknown section or field, or a value of the wrong type, raises
-:class:`ConfigError` naming the field and where it came from (the file or the command line).
+``eval``); a field left out keeps its default. The package ships its recipes
+(``levelset_rcnn/configs/*.yaml``, :func:`recipe_names`): :func:`load_config` takes a file
+path or the name of a packaged recipe, from any working directory. Command-line overrides
+are ``key=value`` strings with a dotted key (``solver.base_lr=0.01``,
+``model.loss_weights=[1, 5]``); the value is parsed as YAML. An unknown section or field, or
+a value of the wrong type, raises :class:`ConfigError` naming the field and where it came
+from (the file or the command line).
 
 Example::
 
-    cfg = load_config("configs/synthetic_cpu.yaml", ["solver.max_iter=50"])
+    cfg = load_config("synthetic_cpu", ["solver.max_iter=50"])
     cfg.solver.base_lr, cfg.to_dict()
 """
 
@@ -19,13 +22,18 @@ import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
 __all__ = ["Config", "ConfigError", "DataConfig", "EvalConfig", "ModelConfig", "SolverConfig",
-           "TrainConfig", "load_config", "apply_overrides", "config_from_dict"]
+           "TrainConfig", "load_config", "apply_overrides", "config_from_dict", "find_recipe",
+           "recipe_names"]
 
 
 class ConfigError(ValueError):
@@ -272,18 +280,49 @@ def apply_overrides(cfg: Config, overrides: Iterable[str], *, source: str = "com
     return cfg
 
 
+def _packaged_recipes() -> Traversable:
+    return resources.files("levelset_rcnn") / "configs"
+
+
+def recipe_names() -> list[str]:
+    """The names of the recipes that ship with the package (``load_config(name)``), sorted."""
+    return sorted(p.name.removesuffix(".yaml") for p in _packaged_recipes().iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def find_recipe(spec: str | Path) -> Path | Traversable:
+    """The recipe file ``spec`` names: an existing file is itself; otherwise a bare name, with
+    or without ``.yaml``, is a packaged recipe (:func:`recipe_names`).
+
+    Raises:
+        ConfigError: no such file and no packaged recipe of that name (the message lists the
+            packaged ones).
+    """
+    path = Path(spec)
+    if path.is_file():
+        return path
+    available = ", ".join(recipe_names())
+    if len(path.parts) != 1:  # a path, not a name
+        raise ConfigError(f"config file {path} does not exist (packaged recipes, loadable by "
+                          f"name: {available})")
+    recipe = _packaged_recipes() / f"{path.name.removesuffix('.yaml')}.yaml"
+    if not recipe.is_file():
+        raise ConfigError(f"unknown recipe {str(spec)!r}: no such file, and no packaged recipe "
+                          f"of that name (packaged recipes: {available})")
+    return recipe
+
+
 def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
-    """Read a YAML recipe (or the defaults when ``path`` is None), then apply overrides."""
+    """Read a YAML recipe, a file or a packaged recipe's name (:func:`find_recipe`), or the
+    defaults when ``path`` is None; then apply overrides."""
     cfg = Config()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+        recipe = find_recipe(path)
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.safe_load(recipe.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        cfg = config_from_dict(data, source=str(path), base=cfg)
+            raise ConfigError(f"{recipe}: not valid YAML: {exc}") from exc
+        cfg = config_from_dict(data, source=str(recipe), base=cfg)
     apply_overrides(cfg, overrides)
     validate(cfg)
     return cfg

@@ -1,4 +1,5 @@
-"""Recipes: YAML loading, overrides, errors that name the field and the file."""
+"""Recipes: YAML loading, packaged recipes by name, overrides, errors that name the field and
+the file."""
 
 from __future__ import annotations
 
@@ -6,40 +7,52 @@ from pathlib import Path
 
 import pytest
 
-from levelset_rcnn.config import ConfigError, load_config
+from levelset_rcnn.config import ConfigError, find_recipe, load_config, recipe_names
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+SHIPPED = ["cityscapes_r50", "coco_r50", "dsb2018_cpu", "synthetic_cpu"]
 
 
-@pytest.mark.parametrize("name", ["coco_r50", "cityscapes_r50", "synthetic_cpu", "dsb2018_cpu"])
-def test_shipped_recipes_load(name: str) -> None:
-    cfg = load_config(CONFIGS / f"{name}.yaml")
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_recipes_load_by_name_from_any_folder(name: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(name)
     assert cfg.solver.max_iter > 0
+    assert load_config(f"{name}.yaml") == cfg
+    assert load_config(Path(str(find_recipe(name)))) == cfg  # the packaged file by its path
+
+
+def test_recipe_names_and_unknown_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert recipe_names() == SHIPPED
+    with pytest.raises(ConfigError, match="unknown recipe 'synthetic_gpu'") as info:
+        load_config("synthetic_gpu")
+    assert all(name in str(info.value) for name in SHIPPED)
+    with pytest.raises(ConfigError, match="does not exist.*synthetic_cpu"):
+        load_config("configs/synthetic_cpu.yaml")  # a path: not looked up by name
+
+
+def test_an_existing_file_wins_over_a_packaged_name(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "synthetic_cpu.yaml").write_text("solver:\n  max_iter: 7\n")
+    assert load_config("synthetic_cpu.yaml").solver.max_iter == 7
+    assert load_config("synthetic_cpu").solver.max_iter == 1000
 
 
 def test_paper_recipes() -> None:
-    coco = load_config(CONFIGS / "coco_r50.yaml")
+    coco = load_config("coco_r50")
     assert (coco.solver.max_iter, coco.solver.base_lr, coco.solver.steps) == (
         90000, 0.02, [60000, 80000])
     assert (coco.solver.ims_per_batch, coco.solver.weight_decay, coco.solver.gamma) == (
         8, 1e-4, 0.1)
     assert coco.model.loss_weights == [0.2, 1.0] and coco.model.backbone == "resnet50"
-    city = load_config(CONFIGS / "cityscapes_r50.yaml")
+    city = load_config("cityscapes_r50")
     assert (city.solver.max_iter, city.solver.base_lr, city.solver.steps) == (24000, 0.01,
                                                                             [18000])
     assert city.solver.base_lr * city.solver.gamma == pytest.approx(0.001)
     assert (min(city.model.min_size), max(city.model.min_size)) == (800, 1024)
     assert city.model.loss_weights == [1.0, 5.0]
-
-
-def test_demo_recipe_matches_synthetic_cpu_yaml() -> None:
-    from levelset_rcnn.commands.demo import DEMO_RECIPE
-    from levelset_rcnn.config import config_from_dict
-
-    yaml_cfg = load_config(CONFIGS / "synthetic_cpu.yaml")
-    demo = config_from_dict(DEMO_RECIPE)
-    assert demo.model == yaml_cfg.model
-    assert demo.solver == yaml_cfg.solver
 
 
 def test_overrides_parse_yaml_values() -> None:
@@ -86,7 +99,7 @@ def test_bad_overrides_and_sections(tmp_path: Path) -> None:
 
 
 def test_dump_round_trip(tmp_path: Path) -> None:
-    cfg = load_config(CONFIGS / "coco_r50.yaml", ["solver.max_iter=7"])
+    cfg = load_config("coco_r50", ["solver.max_iter=7"])
     cfg.dump(tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
 

@@ -30,8 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(AP* against eval.lvis_ann). Works under torchrun (each process takes a "
                     "share of the images).")
     p.add_argument("--weights", type=Path, required=True, help="trained model file")
-    p.add_argument("--config", type=Path, default=None,
-                   help="recipe (default: the one stored in WEIGHTS)")
+    p.add_argument("--config", default=None,
+                   help="recipe: a YAML file or a packaged recipe's name (default: the one "
+                        "stored in WEIGHTS)")
     p.add_argument("--images", type=Path, default=None, help="image folder of --ann")
     p.add_argument("--ann", type=Path, default=None, help="COCO instances JSON to evaluate on")
     p.add_argument("--output", type=Path, default=None,

@@ -24,8 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", type=Path, required=True, help="trained model file")
     p.add_argument("--output", type=Path, default=Path("predictions"),
                    help="output folder (default: %(default)s)")
-    p.add_argument("--config", type=Path, default=None,
-                   help="recipe (default: the one stored in WEIGHTS)")
+    p.add_argument("--config", default=None,
+                   help="recipe: a YAML file or a packaged recipe's name (default: the one "
+                        "stored in WEIGHTS)")
     p.add_argument("--score-thresh", type=float, default=0.5,
                    help="keep detections scoring at least this (default: %(default)s)")
     p.add_argument("--polygons", action="store_true", help="also write polygons.json")

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..config import recipe_names
 from ._common import (
     add_override_args,
     collect_overrides,
@@ -14,9 +15,10 @@ from ._common import (
 )
 
 EPILOG = """examples:
-  levelset-rcnn train --config configs/synthetic_cpu.yaml solver.max_iter=200
-  levelset-rcnn train --config configs/synthetic_cpu.yaml --resume
-  torchrun --nproc_per_node 8 -m levelset_rcnn.cli train --config configs/coco_r50.yaml
+  levelset-rcnn train --config synthetic_cpu solver.max_iter=200
+  levelset-rcnn train --config synthetic_cpu --resume
+  levelset-rcnn train --config my_recipe.yaml
+  torchrun --nproc_per_node 8 -m levelset_rcnn.cli train --config coco_r50
 """
 
 
@@ -24,14 +26,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a model from a YAML recipe",
         description="Train LevelSet R-CNN (or the Mask R-CNN baseline, model.arch=mask_rcnn) "
-                    "from a recipe in configs/ plus KEY=VALUE overrides. Writes "
+                    "from a recipe (a YAML file, or the name of one the package ships) plus "
+                    "KEY=VALUE overrides. Writes "
                     "checkpoint_last.pth (atomically, every train.checkpoint_period "
                     "iterations), model_final.pth, config.yaml, metrics.jsonl, TensorBoard "
                     "scalars (tb/) and eval_results.json to train.output_dir. Under torchrun "
                     "every process runs this command; only rank 0 writes.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, default=None,
-                   help="YAML recipe (default: built-in defaults)")
+    p.add_argument("--config", default=None,
+                   help="YAML recipe: a file, or a packaged recipe by name "
+                        f"({', '.join(recipe_names())}) (default: built-in defaults)")
     p.add_argument("--output", type=Path, default=None,
                    help="output folder (same as train.output_dir=...)")
     p.add_argument("--resume", action="store_true",
