@@ -112,7 +112,7 @@ def _run(args: argparse.Namespace) -> int:
     t_train = time.perf_counter() - t_start
     print("[2/4] evaluated phi_0 and phi_N on "
           f"{cfg.data.synthetic_val_images} validation images")
-    from ..engine.demo_report import write_report
+    from ..demo import write_report
 
     print("[3/4] figures and overlays")
     report = write_report(trainer, result, out, progress=progress, showcase=args.showcase,

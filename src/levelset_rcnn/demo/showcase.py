@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .levelset import chan_vese, level_set_polygons
+from ..levelset import chan_vese, level_set_polygons
 
 __all__ = ["run_showcase"]
 

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from ..comm import unwrap
-from .data import base_dataset
-from .predict import run_predict
-from .report import capture_evolution, evolution_figure, loss_figure
-from .tables import format_metrics, metrics_table
+from ..engine.data import base_dataset
+from ..engine.predict import run_predict
+from ..engine.tables import format_metrics, metrics_table
+from .figures import capture_evolution, evolution_figure, loss_figure
 
 __all__ = ["write_report"]
 
@@ -52,7 +52,7 @@ def write_report(trainer: Any, result: dict[str, Any], out: Path, *, progress: b
                 score_thresh=0.5, polygons=True, progress=progress)
     show = None
     if showcase:
-        from ..showcase import run_showcase
+        from .showcase import run_showcase
 
         show = run_showcase(out, num_iters=300)
     wall = time.perf_counter() - t_start
