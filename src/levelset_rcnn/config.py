@@ -42,40 +42,67 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """What :func:`levelset_rcnn.modeling.levelset_rcnn` / ``mask_rcnn`` is called with."""
+    """What :func:`levelset_rcnn.modeling.levelset_rcnn` / ``mask_rcnn`` is called with: every
+    field but ``arch`` is one of the builder's keywords, under the same name (the builder says
+    what each does; a mask-branch setting is used by the variants whose ``build`` takes it).
+    """
 
     arch: str = "levelset_rcnn"          # "levelset_rcnn" | "mask_rcnn"
+    # Backbone and FPN.
     backbone: str = "resnet50"
     weights: str | None = None           # COCO Mask R-CNN weights ("DEFAULT" or a file)
     weights_backbone: str | None = None  # ImageNet backbone weights ("DEFAULT", an enum name,
     #                                      or a local torchvision state-dict file)
     num_classes: int | None = None       # including background; None: from the dataset
     trainable_backbone_layers: int | None = None
-    fpn_channels: int = 256
-    box_representation_size: int = 1024
-    mask_layers: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
-    predictor_channels: int = 256
-    mask_head_type: str = "levelset"     # levelset | tsdf | lsloss | delse | delse_hp
-    #                                      (ignored for mask_rcnn)
-    mask_resolution: int = 28            # mask_rcnn only: 28 or 112
-    num_steps: int = 3
-    cv_channels: int = 64
-    cv_hidden_channels: int = 64
-    loss_weights: list[float] = field(default_factory=lambda: [1.0, 5.0])
-    detach_phi0: bool = False
     deform_stages: list[int] = field(default_factory=list)  # ResNet layers (1-4) with DeformConv
     panet: bool = False                  # PANet bottom-up path augmentation after the FPN
+    fpn_channels: int = 256
+    # Box head and mask trunk widths.
+    box_representation_size: int = 1024
+    mask_layers: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
+    # The mask branch and its settings.
+    mask_head_type: str = "levelset"     # levelset | tsdf | binary | lsloss | delse | delse_hp
+    #                                      (binary whatever it says for arch mask_rcnn)
+    predictor_channels: int = 256        # hidden channels of the 28x28 TSDF / mask predictor
+    mask_resolution: int = 28            # binary / lsloss masks: 28 or 112
+    class_agnostic: bool = False         # one initial TSDF for every class
+    hyperparams: str = "head"            # head (per instance) | global (one learned set)
+    hyper_init: dict[str, float] | None = None  # initial lambda1, lambda2, mu, eps, dt
+    num_steps: int = 3                   # N unrolled Chan-Vese / DELSE steps
+    cv_channels: int = 64                # Chan-Vese feature channels C
+    cv_hidden_channels: int = 64
+    cv_upsampling: str = "implicit"      # implicit | explicit (same result)
+    resolution: int = 112                # side M of phi_0, phi_N and the targets
+    truncation: float = 12.0             # TSDF truncation in pixels of the M grid
+    loss_weights: list[float] = field(default_factory=lambda: [1.0, 5.0])  # (w_0, w_N)
+    detach_phi0: bool = False            # Table 4 ablation
+    delse_dt: float = 2.0                # delse / delse_hp: step in pixels
+    delse_curvature: float = 0.5         # delse / delse_hp: curvature gain
+    velocity_loss_weight: float = 1.0    # delse / delse_hp
+    lsloss_weight: float = 1.0           # lsloss: weight of the Chan-Vese energy
+    lsloss_eps: float = 0.1              # lsloss: Heaviside width
+    lsloss_mu: float = 0.01              # lsloss: length weight
+    # torchvision's transform, RPN and box branch.
     min_size: list[int] = field(default_factory=lambda: [800])
     max_size: int = 1333
-    rpn_batch_size_per_image: int = 256
     rpn_pre_nms_top_n_train: int = 2000
-    rpn_post_nms_top_n_train: int = 2000
     rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_test: int = 1000
-    box_batch_size_per_image: int = 512
-    box_detections_per_img: int = 100
+    rpn_nms_thresh: float = 0.7
+    rpn_fg_iou_thresh: float = 0.7
+    rpn_bg_iou_thresh: float = 0.3
+    rpn_batch_size_per_image: int = 256
+    rpn_positive_fraction: float = 0.5
+    rpn_score_thresh: float = 0.0
     box_score_thresh: float = 0.05
-    extra: dict[str, Any] = field(default_factory=dict)  # any other builder keyword
+    box_nms_thresh: float = 0.5
+    box_detections_per_img: int = 100
+    box_fg_iou_thresh: float = 0.5
+    box_bg_iou_thresh: float = 0.5
+    box_batch_size_per_image: int = 512
+    box_positive_fraction: float = 0.25
 
 
 @dataclass
@@ -95,6 +122,8 @@ class DataConfig:
     train_first: int | None = None       # keep the first N training images (by sorted id)
     val_last: int | None = None          # keep the last N validation images (by sorted id)
     hflip_prob: float = 0.5
+    aspect_ratio_grouping: bool = True   # training batches of one orientation (portrait or
+    #                                      landscape / square); no-op for the square synthetic data
     num_workers: int = 2
 
 
@@ -333,7 +362,7 @@ def validate(cfg: Config) -> None:
     if cfg.model.arch not in ("levelset_rcnn", "mask_rcnn"):
         raise ConfigError(f"model.arch must be levelset_rcnn or mask_rcnn, got "
                           f"{cfg.model.arch!r}")
-    heads = ("levelset", "tsdf", "binary", "lsloss", "delse", "delse_hp")
+    heads = ("levelset", "tsdf", "binary", "lsloss", "delse", "delse_hp")  # test: = builder's
     if cfg.model.arch == "levelset_rcnn" and cfg.model.mask_head_type not in heads:
         raise ConfigError(f"model.mask_head_type must be one of {', '.join(heads)}, got "
                           f"{cfg.model.mask_head_type!r}")

@@ -117,7 +117,7 @@ def test_cross_field_checks_name_the_field(override: str, field: str) -> None:
 
 
 def test_every_model_head_type_is_accepted_by_the_config() -> None:
-    from levelset_rcnn.modeling import MASK_HEAD_TYPES
+    from levelset_rcnn.modeling import MASK_BRANCHES
 
-    for head in MASK_HEAD_TYPES:
+    for head in MASK_BRANCHES:
         assert load_config(None, [f"model.mask_head_type={head}"]).model.mask_head_type == head

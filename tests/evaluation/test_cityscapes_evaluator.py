@@ -262,16 +262,14 @@ class _ReplayModel(nn.Module):
         super().__init__()
         self.outputs = outputs
         self.calls = 0
-        self.return_tsdf = False
-        self.return_contours = False
         self.dummy = nn.Parameter(torch.zeros(()))
 
-    def forward(self, images):
+    def forward(self, images, *, return_tsdf=False):
         outs = []
         for _ in images:
             out = dict(self.outputs[self.calls])
             self.calls += 1
-            if self.return_tsdf:
+            if return_tsdf:
                 out["tsdf_init"] = torch.ones(len(out["boxes"]), 1, 28, 28)
             outs.append(out)
         return outs

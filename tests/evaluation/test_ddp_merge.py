@@ -39,7 +39,8 @@ def test_two_rank_merge(tmp_path):
     assert got[0]["bbox"]["AP"] == pytest.approx(want["bbox"]["AP"])
     assert got[1]["bbox"]["AP"] == pytest.approx(want["bbox"]["AP"])  # all_ranks=True
     assert want["segm/masks"]["AP"] < 100  # image 3 is shifted: the merge matters
-    # AF1 by hand: class 3 has two true positives at IoU 0.50-0.65 (F 1 and 20/36) and one
-    # above (F 1); class 7 one perfect hit everywhere: mean over 2 classes x 10 thresholds.
-    cells = 4 * (1 + 20 / 36) / 2 + 6 * 1.0 + 10 * 1.0
+    # AF1 by hand: class 3 has two true positives at IoU 0.50-0.65 (F 1 and 22/40: DAVIS's
+    # boundary of the 2 px shifted square) and one above (F 1); class 7 one perfect hit
+    # everywhere: mean over 2 classes x 10 thresholds.
+    cells = 4 * (1 + 22 / 40) / 2 + 6 * 1.0 + 10 * 1.0
     assert want["segm/masks"]["AF1"] == pytest.approx(100 * cells / 20)

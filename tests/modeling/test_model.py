@@ -6,7 +6,15 @@ import torch
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads, MaskRCNNPredictor
 
-from levelset_rcnn.modeling import LevelSetRCNN, levelset_rcnn, load_maskrcnn_weights, mask_rcnn
+from levelset_rcnn.levelset import heaviside, tsdf_to_polygons
+from levelset_rcnn.modeling import (
+    LevelSetRCNN,
+    levelset_rcnn,
+    load_maskrcnn_weights,
+    mask_branch_settings,
+    mask_probabilities,
+    mask_rcnn,
+)
 from levelset_rcnn.modeling.builders import _make_backbone
 
 from .common import TINY, synthetic_sample, tiny_kwargs
@@ -47,7 +55,7 @@ def test_train_forward_backward(counts):
     total = sum(losses.values())
     assert torch.isfinite(total)
     total.backward()
-    grads = [p.grad for p in model.roi_heads.feature_head.parameters()]
+    grads = [p.grad for p in model.mask_branch.feature_head.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     if sum(counts) == 0:
         assert losses["loss_tsdf_final"].item() == 0
@@ -94,40 +102,42 @@ def test_output_contract_equals_torchvision_maskrcnn():
 
 
 def test_extras_tsdf_and_contours():
-    model = tiny_model(return_tsdf=True, return_contours=True).eval()
+    model = tiny_model().eval()
     model.roi_heads.score_thresh = 0.0
     images = [torch.rand(3, 48, 32)]  # resized 2x by the transform: results in 48x32 coords
     with torch.no_grad():
-        r = model(images)[0]
+        plain = model(images)[0]
+        r = model(images, return_tsdf=True)[0]
+    assert set(plain) == {"boxes", "labels", "scores", "masks"}  # Mask R-CNN's dict
+    for k in plain:
+        torch.testing.assert_close(plain[k], r[k])
     K = r["boxes"].shape[0]
     assert K > 0 and r["masks"].shape == (K, 1, 48, 32)
     assert r["boxes"][:, 2].max() <= 32 and r["boxes"][:, 3].max() <= 48
     assert r["tsdf"].shape == r["tsdf_init"].shape == (K, 1, 112, 112)
     assert r["tsdf_init"].abs().max() <= 1
-    assert len(r["contours"]) == K
-    for polys, box in zip(r["contours"], r["boxes"], strict=True):
+    # Masks are H(phi_N): thresholding at 0.5 is the zero level set.
+    assert torch.equal(mask_probabilities(r["tsdf"]) >= 0.5, heaviside(r["tsdf"], 0.1) >= 0.5)
+    contours = tsdf_to_polygons(r["tsdf"], r["boxes"])  # traced where they are used
+    assert len(contours) == K
+    for polys, box in zip(contours, r["boxes"], strict=True):
         for p in polys:
             assert p.dtype == np.float64 and p.shape[1] == 2
             assert np.allclose(p[0], p[-1])
             x0, y0, x1, y1 = box.tolist()
             assert p[:, 0].min() >= x0 - 1e-6 and p[:, 0].max() <= x1 + 1e-6
             assert p[:, 1].min() >= y0 - 1e-6 and p[:, 1].max() <= y1 + 1e-6
-    # Masks are H(phi_N): thresholding at 0.5 is the zero level set.
-    model.return_contours = False
-    with torch.no_grad():
-        r2 = model(images)[0]
-    assert "contours" not in r2 and "tsdf" in r2
 
 
 def test_gradients_reach_every_head():
     model = tiny_model().train()
     images, targets = batch((3, 2))
     sum(model(images, targets).values()).backward()
-    rh = model.roi_heads
+    rh, mb = model.roi_heads, model.roi_heads.mask_branch
     for name, module in [("backbone", model.backbone), ("rpn", model.rpn),
                          ("box_head", rh.box_head), ("mask_trunk", rh.mask_head),
-                         ("tsdf", rh.tsdf_predictor), ("hyper", rh.hyper_head),
-                         ("features", rh.feature_head)]:
+                         ("tsdf", mb.tsdf_predictor), ("hyper", mb.hyper_head),
+                         ("features", mb.feature_head)]:
         for pname, p in module.named_parameters():
             if p.requires_grad:
                 assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname}"
@@ -139,7 +149,7 @@ def test_detach_phi0_blocks_phiN_gradient_to_tsdf_head(detach):
     images, targets = batch((3,))
     losses = model(images, targets)
     losses["loss_tsdf_final"].backward()
-    rh = model.roi_heads
+    rh = model.roi_heads.mask_branch
     tsdf_grad = sum(p.grad.abs().sum() for p in rh.tsdf_predictor.parameters()
                     if p.grad is not None)
     feat_grad = sum(p.grad.abs().sum() for p in rh.feature_head.parameters())
@@ -181,26 +191,99 @@ def test_global_hyperparameters_are_learned():
     model = tiny_model(hyperparams="global").train()
     images, targets = batch((2,))
     model(images, targets)["loss_tsdf_final"].backward()
-    assert model.roi_heads.hyper_head.logits.grad.abs().sum() > 0
+    assert model.mask_branch.hyper_head.logits.grad.abs().sum() > 0
 
 
 def test_custom_submodules_are_used():
-    from levelset_rcnn.modeling import GlobalHyperParameters, TSDFPredictor
+    from levelset_rcnn.levelset import UpsampledChanVese
+    from levelset_rcnn.modeling import (
+        ChanVeseFeatureHead,
+        GlobalHyperParameters,
+        LevelSetBranch,
+        TSDFPredictor,
+    )
 
     tsdf = TSDFPredictor(32, 4, hidden_channels=8, class_agnostic=True)
     hyper = GlobalHyperParameters(3, init={"dt": 0.3})
-    model = tiny_model(tsdf_predictor=tsdf, hyper_head=hyper)
-    assert model.roi_heads.tsdf_predictor is tsdf and model.roi_heads.hyper_head is hyper
+    feats = ChanVeseFeatureHead(32, out_channels=8, hidden_channels=8)
+    branch = LevelSetBranch(tsdf, hyper, feats, UpsampledChanVese(3))
+    detector_only = {k: v for k, v in TINY.items() if k not in mask_branch_settings()}
+    model = levelset_rcnn(**detector_only, mask_branch=branch, mask_head_type="binary")
+    assert model.mask_branch is branch  # the branch wins
+    assert model.mask_branch.tsdf_predictor is tsdf and model.mask_branch.hyper_head is hyper
     images, targets = batch((2,))
-    sum(model.train()(images, targets).values()).backward()
+    losses = model.train()(images, targets)
+    assert {"loss_tsdf_init", "loss_tsdf_final"} <= set(losses)
+    sum(losses.values()).backward()
+    assert hyper.logits.grad.abs().sum() > 0
+    with pytest.raises(TypeError, match="num_steps"):
+        levelset_rcnn(**detector_only, mask_branch=branch, num_steps=2)  # settings go to build
+
+
+def test_parts_model_equals_builder():
+    """LevelSetRCNN takes parts: the same parts as the builder's give the same outputs."""
+    from levelset_rcnn.modeling import LevelSetBranch
+
+    built = tiny_model().eval()
+    body = _make_backbone("resnet18", None, trainable_layers=None, fpn_channels=32,
+                          frozen_bn=False, progress=False)
+    branch = LevelSetBranch.build(32, 4, predictor_channels=32, cv_channels=16,
+                                  cv_hidden_channels=16)
+    keep = {k: v for k, v in TINY.items() if k.startswith(("rpn_", "box_", "min_", "max_"))}
+    keep.pop("box_representation_size")
+    model = LevelSetRCNN(body, None, mask_branch=branch,
+                         mask_head=MaskRCNNHeads(32, [32, 32], 1),
+                         box_head=TwoMLPHead(32 * 49, 64), box_predictor=FastRCNNPredictor(64, 4),
+                         **keep).eval()
+    model.load_state_dict(built.state_dict())
+    for m in (built, model):
+        m.roi_heads.score_thresh = 0.0
+    images = [torch.rand(3, 96, 96)]
+    with torch.no_grad():
+        a, b = built(images, return_tsdf=True)[0], model(images, return_tsdf=True)[0]
+    assert set(a) == set(b) and len(a["boxes"]) > 0
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+
+
+def test_unknown_builder_keyword_is_refused_by_name():
+    with pytest.raises(TypeError, match="'truncaton'"):
+        tiny_model(truncaton=3.0)
+    model = tiny_model(truncation=3.0)
+    assert model.mask_branch.truncation == 3.0
+
+
+def test_settings_of_another_variant_are_ignored_with_a_warning(caplog):
+    with caplog.at_level("WARNING", logger="levelset_rcnn.modeling.builders"):
+        model = tiny_model(delse_dt=3.0, mask_resolution=28)  # 28: the default, no warning
+    assert "delse_dt=3.0" in caplog.text and "mask_resolution" not in caplog.text
+    assert not hasattr(model.mask_branch, "dt")
+
+
+def test_legacy_checkpoint_keys_load():
+    """Checkpoints written when the heads sat on the RoI heads (``roi_heads.tsdf_predictor.*``)
+    load into the branch."""
+    model = tiny_model()
+    state = {k.replace("roi_heads.mask_branch.", "roi_heads."): v
+             for k, v in model.state_dict().items()}
+    assert any(k.startswith("roi_heads.feature_head.") for k in state)
+    torch.manual_seed(5)
+    other = levelset_rcnn(**tiny_kwargs())
+    assert not torch.equal(other.mask_branch.feature_head.project.weight,
+                           model.mask_branch.feature_head.project.weight)
+    other.load_state_dict(state)
+    for k, v in model.state_dict().items():
+        assert torch.equal(other.state_dict()[k], v), k
 
 
 def test_mask_rcnn_baseline_builder():
+    from levelset_rcnn.modeling import BinaryMaskBranch
+
     model = mask_rcnn(**tiny_kwargs())
-    assert model.roi_heads.mask_head_type == "binary"
-    with pytest.raises(ValueError, match="tsdf"):
-        model.return_tsdf = True
-        model.eval()(torch.rand(1, 3, 64, 64).unbind(0))
+    assert isinstance(model.mask_branch, BinaryMaskBranch)
+    assert not model.refines_initial_tsdf
+    with pytest.raises(ValueError, match="return_tsdf needs .* BinaryMaskBranch"):
+        model.eval()(torch.rand(1, 3, 64, 64).unbind(0), return_tsdf=True)
 
 
 def test_state_dict_round_trip(tmp_path):
@@ -257,3 +340,23 @@ def test_error_missing_targets_and_bad_types():
     targets[0]["labels"] = targets[0]["labels"].int()
     with pytest.raises(TypeError, match="int64"):
         model(images, targets)
+
+
+def test_model_implicit_equals_explicit():
+    implicit = tiny_model().eval()
+    explicit = tiny_model(cv_upsampling="explicit").eval()
+    explicit.load_state_dict(implicit.state_dict())
+    for m in (implicit, explicit):
+        m.roi_heads.score_thresh = 0.0
+    images, targets = batch((2,))
+    with torch.no_grad():
+        a, b = implicit(images, return_tsdf=True)[0], explicit(images, return_tsdf=True)[0]
+    torch.testing.assert_close(a["tsdf"], b["tsdf"], atol=1e-4, rtol=1e-4)
+    implicit.train()
+    explicit.train()
+    torch.manual_seed(0)
+    la = implicit(images, targets)
+    torch.manual_seed(0)
+    lb = explicit(images, targets)
+    torch.testing.assert_close(la["loss_tsdf_final"], lb["loss_tsdf_final"], atol=1e-4,
+                               rtol=1e-4)

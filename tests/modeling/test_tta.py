@@ -17,7 +17,8 @@ from scipy import ndimage
 from torch import Tensor, nn
 from torchvision.ops import box_iou, roi_align
 
-from levelset_rcnn.modeling import levelset_rcnn, mask_rcnn
+from levelset_rcnn.levelset import tsdf_to_polygons
+from levelset_rcnn.modeling import MaskBranch, levelset_rcnn, mask_rcnn
 from levelset_rcnn.modeling.tta import TTAView, TTAWrapper, hflip_boxes
 
 from .common import tiny_kwargs
@@ -69,10 +70,18 @@ class _RoIGrid(nn.Module):
                          sampling_ratio=2, aligned=True)
 
 
-def _levelset_from_image(x: Tensor, labels: Tensor) -> dict[str, Tensor]:
-    phi0 = F.interpolate(x[:, :1] - THR, size=(112, 112), mode="bilinear",
-                         align_corners=False)
-    return {"phi0": phi0, "phiN": phi0 + 2 * phi0 ** 3}
+class _LevelSetFromImage(MaskBranch):
+    """A mask branch whose level sets are the RoI's intensities (an equivariant rule)."""
+
+    refines_initial_tsdf = True
+
+    def forward(self, x: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        phi0 = F.interpolate(x[:, :1] - THR, size=(112, 112), mode="bilinear",
+                             align_corners=False)
+        return {"phi0": phi0, "phiN": phi0 + 2 * phi0 ** 3}
+
+    def inference(self, out: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"tsdf": out["phiN"], "tsdf_init": out["phi0"]}
 
 
 def equivariant_model() -> nn.Module:
@@ -83,9 +92,8 @@ def equivariant_model() -> nn.Module:
     rh = model.roi_heads
     rh.box_roi_pool, rh.box_head, rh.box_predictor = _RoIMean(), nn.Identity(), _RulePredictor()
     rh.mask_roi_pool, rh.mask_head = _RoIGrid(), nn.Identity()
-    rh.levelset_forward = _levelset_from_image
+    rh.mask_branch = _LevelSetFromImage()
     rh.score_thresh = 0.2
-    model.return_tsdf = True
     return model
 
 
@@ -133,14 +141,14 @@ def test_flip_tta_equals_plain_inference_on_equivariant_detector(symmetric: bool
     model = equivariant_model()
     image = _shapes(symmetric)
     with torch.no_grad():
-        (plain,) = model([image])
+        (plain,) = model([image], return_tsdf=True)
     # six shapes (symmetric) or three, each with a single confident class
     assert len(plain["boxes"]) == (6 if symmetric else 3)
     tta = TTAWrapper(model, flip=True)
     assert tta.views == [TTAView(60, False), TTAView(60, True)]
     seen = []
     model.backbone.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
-    (out,) = tta([image])
+    (out,) = tta([image], return_tsdf=True)
     assert len(seen) == 2
     # the second view is the mirrored image (the 60 / 48 resize commutes with mirroring)
     h, w = 60, 80
@@ -154,10 +162,10 @@ def test_flip_tta_equals_plain_inference_on_equivariant_detector(symmetric: bool
 
     if not symmetric:
         # Mutations: forgetting to mirror the RoI grids back, or the boxes, must show.
-        (bad_grid,) = _ForgetsRoIUnflip(model, flip=True)([image])
+        (bad_grid,) = _ForgetsRoIUnflip(model, flip=True)([image], return_tsdf=True)
         assert torch.allclose(bad_grid["boxes"], plain["boxes"], atol=1e-4)
         assert (bad_grid["masks"] - plain["masks"]).abs().max() > 0.5
-        (bad_boxes,) = _ForgetsBoxUnflip(model, flip=True)([image])
+        (bad_boxes,) = _ForgetsBoxUnflip(model, flip=True)([image], return_tsdf=True)
         assert not _same(bad_boxes, plain)
 
 
@@ -190,13 +198,13 @@ def _images() -> list[Tensor]:
 @pytest.mark.parametrize("kind", ["levelset", "binary", "tsdf", "lsloss", "delse"])
 def test_identity_view_equals_plain_inference(kind: str) -> None:
     model = _tiny(kind)
-    model.return_tsdf = kind not in BINARY
+    level = kind not in BINARY
     images = _images()
     with torch.no_grad():
-        plain = model(images)
+        plain = model(images, return_tsdf=level)
     tta = TTAWrapper(model, flip=False)
     assert tta.views == [TTAView(64, False)]
-    outs = tta(images)
+    outs = tta(images, return_tsdf=level)
     for a, b in zip(outs, plain, strict=True):
         assert set(a) == set(b)
         assert len(b["boxes"]) > 10
@@ -213,8 +221,6 @@ def test_identity_view_equals_plain_inference(kind: str) -> None:
 def test_multiscale_flip_output_contract(kind: str) -> None:
     model = _tiny(kind)
     model.roi_heads.detections_per_img = 30
-    if kind == "levelset":
-        model.return_tsdf = model.return_contours = True
     images = _images()
     sizes_seen: list[list[tuple[int, int]]] = []
     model.rpn.register_forward_pre_hook(lambda mod, args: sizes_seen.append(
@@ -222,7 +228,7 @@ def test_multiscale_flip_output_contract(kind: str) -> None:
     tta = TTAWrapper(model, min_sizes=(64, 96, 200), flip=True)
     assert [(v.min_size, v.flip) for v in tta.views] == [
         (64, False), (64, True), (96, False), (96, True), (200, False), (200, True)]
-    outs = tta(images)
+    outs = tta(images, return_tsdf=kind == "levelset")
     # every view resized as torchvision does: shorter edge to the size, longer one <= 128
     expected = []
     for v in tta.views:
@@ -239,7 +245,7 @@ def test_multiscale_flip_output_contract(kind: str) -> None:
         h, w = img.shape[-2:]
         keys = {"boxes", "labels", "scores", "masks"}
         if kind == "levelset":
-            keys |= {"tsdf", "tsdf_init", "contours"}
+            keys |= {"tsdf", "tsdf_init"}
         assert set(out) == keys
         K = len(out["boxes"])
         assert 0 < K <= model.roi_heads.detections_per_img
@@ -262,22 +268,20 @@ def test_multiscale_flip_output_contract(kind: str) -> None:
             model.roi_heads.nms_thresh + 1e-6)
         if kind == "levelset":
             assert out["tsdf"].shape == out["tsdf_init"].shape == (K, 1, 112, 112)
-            assert len(out["contours"]) == K
+            assert len(tsdf_to_polygons(out["tsdf"], out["boxes"])) == K
 
 
 def test_empty_detections_and_refusals() -> None:
     model = _tiny("levelset")
     model.roi_heads.score_thresh = 1.0
-    model.return_tsdf = True
-    (out,) = TTAWrapper(model, flip=True)([torch.rand(3, 64, 72)])
+    (out,) = TTAWrapper(model, flip=True)([torch.rand(3, 64, 72)], return_tsdf=True)
     assert out["boxes"].shape == (0, 4) and out["masks"].shape == (0, 1, 64, 72)
     assert out["tsdf"].shape == (0, 1, 112, 112)
     with pytest.raises(RuntimeError, match="eval"):
         TTAWrapper(model.train())([torch.rand(3, 64, 64)])
     binary = _tiny("binary")
-    binary.return_tsdf = True
-    with pytest.raises(ValueError, match="level-set model"):
-        TTAWrapper(binary)([torch.rand(3, 64, 64)])
+    with pytest.raises(ValueError, match="BinaryMaskBranch predicts binary masks"):
+        TTAWrapper(binary)([torch.rand(3, 64, 64)], return_tsdf=True)
     with pytest.raises(ValueError, match="min_sizes"):
         TTAWrapper(binary, min_sizes=(0, 64))
 
@@ -293,7 +297,8 @@ def test_predict_batch_tta_keeps_phi0_masks() -> None:
     # masks_phi0 is H(mean phi_0) pasted as masks is: recompute it from tsdf_init
     ref = add_phi0_masks({k: out[k] for k in ("masks", "boxes", "tsdf_init")})
     assert torch.equal(ref["masks_phi0"], out["masks_phi0"])
-    assert not model.return_tsdf  # restored
+    with torch.no_grad():  # nothing was left switched on: the model's own dict
+        assert set(model(images)[0]) == {"boxes", "labels", "scores", "masks"}
     # the wrapper itself drives like a model (return_tsdf, refines_initial_tsdf delegated)
     (again,) = predict_batch(TTAWrapper(model, [64, 80]), images, torch.device("cpu"),
                              phi0=True)
@@ -330,8 +335,8 @@ def test_cli_tta_flags_reach_the_engine(tmp_path: Path, monkeypatch: pytest.Monk
     views_run: list[list[TTAView]] = []
     forward = tta_mod.TTAWrapper.forward
     monkeypatch.setattr(tta_mod.TTAWrapper, "forward",
-                        lambda self, images: views_run.append(list(self.views))
-                        or forward(self, images))
+                        lambda self, images, **kw: views_run.append(list(self.views))
+                        or forward(self, images, **kw))
     assert main(["predict", str(folder), "--weights", str(weights), "--output",
                  str(tmp_path / "pred"), "--tta-sizes", "48", "64", "--score-thresh", "0",
                  "--no-progress"]) == 0

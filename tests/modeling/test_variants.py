@@ -11,15 +11,14 @@ import torch
 from scipy import ndimage
 
 from levelset_rcnn.engine.inference import has_phi0
-from levelset_rcnn.levelset import masks_to_tsdf
+from levelset_rcnn.levelset import delse_evolve, masks_to_tsdf
 from levelset_rcnn.modeling import LevelSetRCNN, levelset_rcnn
-from levelset_rcnn.modeling.delse import (
+from levelset_rcnn.modeling.mask_branches.delse import (
     angular_loss,
     class_balanced_bce,
-    delse_evolve,
     velocity_targets,
 )
-from levelset_rcnn.modeling.losses import chan_vese_energy_loss
+from levelset_rcnn.modeling.mask_branches.lsloss import chan_vese_energy_loss
 
 from .common import shape_mask, synthetic_sample, tiny_kwargs
 
@@ -78,10 +77,10 @@ def test_variant_zero_rois_keeps_every_head_in_the_graph(variant):
     for k in MASK_LOSSES[variant]:
         assert losses[k].item() == 0.0
     sum(losses.values()).backward()
-    heads = model.roi_heads
+    heads = model.mask_branch
     for name in ("mask_predictor", "tsdf_predictor", "velocity_head", "modulation_head",
                  "hyper_head"):
-        module = getattr(heads, name)
+        module = getattr(heads, name, None)
         if module is None:
             continue
         for p in module.parameters():
@@ -96,15 +95,11 @@ def test_variant_output_contract(variant):
     refines = variant != "lsloss"
     assert model.refines_initial_tsdf is refines
     assert has_phi0(model) is refines
-    if refines:
-        model.return_tsdf = True
-    else:
-        model.return_tsdf = True
-        with pytest.raises(ValueError, match="lsloss"):
-            model(images)
-        model.return_tsdf = False
+    if not refines:
+        with pytest.raises(ValueError, match="LSLossBranch predicts binary masks"):
+            model(images, return_tsdf=True)
     with torch.no_grad():
-        out = model(images)
+        out = model(images, return_tsdf=refines)
     assert len(out) == 2
     for r, img in zip(out, images, strict=True):
         K = r["boxes"].shape[0]
@@ -134,12 +129,12 @@ def test_delse_hp_starts_at_the_hand_set_values():
     plain = tiny("delse").eval()
     plain.load_state_dict({k: v for k, v in hp.state_dict().items()
                            if "hyper_head" not in k})
-    torch.nn.init.zeros_(hp.roi_heads.hyper_head.fc2.weight)
+    torch.nn.init.zeros_(hp.mask_branch.hyper_head.fc2.weight)
     x = torch.randn(3, 32, 14, 14)
     labels = torch.tensor([1, 2, 3])
     with torch.no_grad():
-        a = hp.roi_heads.levelset_forward(x, labels)
-        b = plain.roi_heads.levelset_forward(x, labels)
+        a = hp.mask_branch(x, labels)
+        b = plain.mask_branch(x, labels)
     torch.testing.assert_close(a["hyper"][:, [0, 2, 6, 7, 8]], torch.ones(3, 5))
     torch.testing.assert_close(a["phiN"], b["phiN"])
 

@@ -35,7 +35,8 @@ def test_load_local_torchvision_state_dict(tmp_path, caplog):
     groups = {k.split(".")[0] + "." + k.split(".")[1] for k in report.loaded}
     assert {"backbone.body", "backbone.fpn", "rpn.head", "roi_heads.box_head",
             "roi_heads.box_predictor", "roi_heads.mask_head"} <= groups
-    fresh = {k.split(".")[1] for k in report.missing}
+    assert all(k.startswith("roi_heads.mask_branch.") for k in report.missing)
+    fresh = {k.split(".")[2] for k in report.missing}
     assert {"tsdf_predictor", "hyper_head", "feature_head"} <= fresh
     assert all(k.startswith("roi_heads.mask_predictor") for k in report.unexpected)
     assert "start fresh" in report.summary()

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
+from torchvision.models.detection.transform import resize_boxes  # noqa: E402
 from torchvision.ops import roi_align  # noqa: E402
 
 from ..comm import unwrap  # noqa: E402
@@ -26,41 +27,32 @@ def capture_evolution(model: nn.Module, image: Tensor, *, max_instances: int = 4
                       ) -> dict[str, Any]:
     """Every Chan-Vese iterate ``phi_0 .. phi_N`` of the top detections of one image.
 
-    Runs the model in eval mode with a forward hook on its Chan-Vese module that re-runs it
-    with ``return_all=True`` on the same inputs.
+    Runs the model in eval mode, then its mask branch once more on the top detections with
+    ``return_all=True`` (:class:`~levelset_rcnn.modeling.mask_branches.LevelSetBranch`);
+    a branch without iterates gives ``[phi_0, phi_N]``.
 
     Returns ``{"boxes": (K, 4), "scores": (K,), "labels": (K,), "phis": (K, N+1, M, M),
     "crops": (K, 3, M, M)}`` (the image resampled inside each box, for display).
     """
     m = unwrap(model).eval()
-    cv = m.roi_heads.chan_vese
-    captured: list[Tensor] = []
-
-    def hook(module: nn.Module, args: tuple, kwargs: dict, out: Tensor) -> None:
-        # module.forward, not module(...): no re-entry into this hook.
-        if "return_all" in inspect.signature(module.forward).parameters:
-            phis = list(module.forward(*args, **{**kwargs, "return_all": True}))
-        else:  # iterate n = 0..N by truncating the unrolled loop
-            total, phis = module.num_steps, []
-            try:
-                for n in range(total + 1):
-                    module.num_steps = n
-                    phis.append(module.forward(*args, **kwargs))
-            finally:
-                module.num_steps = total
-        captured.append(torch.stack([p[:, 0] for p in phis], dim=1).float().cpu())
-
-    handle = cv.register_forward_hook(hook, with_kwargs=True)
-    try:
-        (out,) = m([image.to(next(m.parameters()).device)])
-    finally:
-        handle.remove()
+    device = next(m.parameters()).device
+    (out,) = m([image.to(device)], return_tsdf=True)
     k = min(max_instances, len(out["scores"]))
-    phis = captured[0][:k] if captured else torch.zeros(0)
-    boxes = out["boxes"][:k].float().cpu()
-    size = phis.shape[-1] if k else 1
-    crops = roi_align(image[None].float(), [boxes], output_size=size, aligned=True) if k \
-        else torch.zeros(0)
+    boxes = out["boxes"][:k].float()
+    branch = m.roi_heads.mask_branch
+    if "return_all" in inspect.signature(branch.forward).parameters:
+        images, _ = m.transform([image.to(device)])
+        features = m.backbone(images.tensors)
+        size = images.image_sizes[0]
+        rois = resize_boxes(boxes, list(image.shape[-2:]), list(size))
+        x = m.roi_heads.mask_head(m.roi_heads.mask_roi_pool(features, [rois], [size]))
+        steps = branch(x, out["labels"][:k], return_all=True)["phis"]
+    else:
+        steps = [out["tsdf_init"][:k], out["tsdf"][:k]]
+    phis = torch.stack([p[:, 0] for p in steps], dim=1).float().cpu()
+    boxes = boxes.cpu()
+    crops = roi_align(image[None].float(), [boxes], output_size=phis.shape[-1], aligned=True) \
+        if k else torch.zeros(0)
     return {"boxes": boxes, "scores": out["scores"][:k].cpu(), "labels": out["labels"][:k].cpu(),
             "phis": phis, "crops": crops}
 

@@ -4,6 +4,7 @@ baseline :func:`~levelset_rcnn.modeling.mask_rcnn`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,34 +27,15 @@ __all__ = ["build_model", "load_trained_model", "model_kwargs"]
 
 
 def model_kwargs(cfg: ModelConfig, *, num_classes: int | None = None) -> dict[str, Any]:
-    """Builder keywords for ``cfg`` (``num_classes`` fills ``cfg.num_classes`` when None)."""
-    n = cfg.num_classes if cfg.num_classes is not None else num_classes
-    kw: dict[str, Any] = dict(
-        backbone=cfg.backbone, weights=cfg.weights, weights_backbone=cfg.weights_backbone,
-        num_classes=n, trainable_backbone_layers=cfg.trainable_backbone_layers,
-        fpn_channels=cfg.fpn_channels, box_representation_size=cfg.box_representation_size,
-        mask_layers=tuple(cfg.mask_layers), predictor_channels=cfg.predictor_channels,
-        min_size=tuple(cfg.min_size), max_size=cfg.max_size,
-        rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
-        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
-        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
-        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
-        rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
-        box_batch_size_per_image=cfg.box_batch_size_per_image,
-        box_detections_per_img=cfg.box_detections_per_img,
-        box_score_thresh=cfg.box_score_thresh,
-    )
-    if cfg.deform_stages:
-        kw["deform_stages"] = tuple(cfg.deform_stages)
-    if cfg.panet:
-        kw["panet"] = True
-    if cfg.arch == "mask_rcnn":
-        kw["mask_resolution"] = cfg.mask_resolution
-    else:
-        kw.update(mask_head_type=cfg.mask_head_type, num_steps=cfg.num_steps,
-                  cv_channels=cfg.cv_channels, cv_hidden_channels=cfg.cv_hidden_channels,
-                  loss_weights=tuple(cfg.loss_weights), detach_phi0=cfg.detach_phi0)
-    kw.update(cfg.extra)
+    """Builder keywords for ``cfg``: every field but ``arch``, under its own name (lists as
+    tuples); ``num_classes`` fills ``cfg.num_classes`` when that is None."""
+    kw: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        if f.name != "arch":
+            value = getattr(cfg, f.name)
+            kw[f.name] = tuple(value) if isinstance(value, list) else value
+    if kw["num_classes"] is None:
+        kw["num_classes"] = num_classes
     return kw
 
 

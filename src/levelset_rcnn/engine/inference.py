@@ -15,8 +15,7 @@ from tqdm import tqdm
 from ..comm import is_main_process, unwrap
 from ..config import ConfigError, EvalConfig
 from ..evaluation import CityscapesEvaluator, COCOEvaluator, DatasetEvaluator, LVISEvaluator
-from ..levelset import heaviside
-from ..modeling import LOSS_EPS
+from ..modeling import mask_probabilities
 from ..modeling.tta import TTAWrapper
 
 __all__ = ["add_phi0_masks", "build_evaluator", "evaluate_model", "has_phi0", "make_evaluator",
@@ -30,14 +29,14 @@ def has_phi0(model: nn.Module) -> bool:
 
 
 def add_phi0_masks(output: dict[str, Any]) -> dict[str, Any]:
-    """Add ``masks_phi0``: ``H_0.1(phi_0)`` pasted into the image exactly as ``masks`` is.
+    """Add ``masks_phi0``: the mask probabilities of ``phi_0`` pasted into the image exactly as
+    ``masks`` is.
 
-    Needs ``tsdf_init: (K, 1, M, M)`` (the model's ``return_tsdf``); boxes are in original
-    image coordinates, the image size is read from ``masks: (K, 1, H, W)``.
+    Needs ``tsdf_init: (K, 1, M, M)`` (``model(images, return_tsdf=True)``); boxes are in
+    original image coordinates, the image size is read from ``masks: (K, 1, H, W)``.
     """
     h, w = output["masks"].shape[-2:]
-    phi0: Tensor = output["tsdf_init"]
-    probs = heaviside(phi0.float(), LOSS_EPS)
+    probs = mask_probabilities(output["tsdf_init"])
     if len(probs):
         output["masks_phi0"] = paste_masks_in_image(probs, output["boxes"], (h, w))
     else:
@@ -62,29 +61,26 @@ def tta_kwargs(cfg: EvalConfig) -> dict[str, Any]:
 
 @torch.inference_mode()
 def predict_batch(model: nn.Module, images: Iterable[Tensor], device: torch.device, *,
-                  phi0: bool = False, contours: bool = False, tta: bool = False,
+                  phi0: bool = False, tsdf: bool = False, tta: bool = False,
                   tta_flip: bool = True, tta_min_sizes: Sequence[int] = ()
                   ) -> list[dict[str, Any]]:
     """Run the model in eval mode on a list of ``(3, H, W)`` images; results on the CPU.
 
-    With ``tta`` the model runs through :class:`~levelset_rcnn.modeling.tta.TTAWrapper`
-    (views: ``tta_min_sizes`` (empty: the model's test size) x {as is, mirrored when
-    ``tta_flip``}); the results keep the same keys (``masks_phi0`` included).
+    ``phi0`` adds ``masks_phi0`` (:func:`add_phi0_masks`) and ``tsdf`` the level sets ``tsdf``
+    / ``tsdf_init`` (for contours; ``phi0`` keeps them too); both are asked of level-set
+    models only. With
+    ``tta`` the model runs through :class:`~levelset_rcnn.modeling.tta.TTAWrapper` (views:
+    ``tta_min_sizes`` (empty: the model's test size) x {as is, mirrored when ``tta_flip``});
+    the results keep the same keys.
     """
     m = unwrap(model)
     was_training = m.training
-    m.eval()
     level = has_phi0(m)
-    old = (getattr(m, "return_tsdf", False), getattr(m, "return_contours", False))
-    if level:
-        m.return_tsdf = phi0 or old[0]
-        m.return_contours = contours or old[1]
     runner = TTAWrapper(m, list(tta_min_sizes), flip=tta_flip) if tta else m
     try:
-        outs = runner([img.to(device) for img in images])
+        m.eval()
+        outs = runner([img.to(device) for img in images], return_tsdf=level and (phi0 or tsdf))
     finally:
-        if level:
-            m.return_tsdf, m.return_contours = old
         m.train(was_training)
     results = []
     for o in outs:

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..data import DatasetError, read_image
 from ..evaluation import write_coco_results
-from ..levelset import level_set_polygons
+from ..levelset import level_set_polygons, tsdf_to_polygons
 from .inference import has_phi0, predict_batch
 
 __all__ = ["IMAGE_SUFFIXES", "collect_images", "contours_of", "draw_overlay", "run_predict"]
@@ -43,11 +43,11 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
 
 def contours_of(output: dict[str, Any], threshold: float = 0.5) -> list[list[np.ndarray]]:
     """Per instance, closed ``(n, 2)`` ``(x, y)`` polygons in continuous image coordinates
-    (pixel ``i`` spans ``[i, i + 1]``): the model's
-    sub-pixel zero level set of phi_N when present, else marching squares on the pasted mask
-    probability at ``threshold``."""
-    if "contours" in output:
-        return output["contours"]
+    (pixel ``i`` spans ``[i, i + 1]``): the sub-pixel zero level set of phi_N (``tsdf``, in
+    RoI coordinates) when present, else marching squares on the pasted mask probability at
+    ``threshold``. Call it after any score filtering: it costs CPU time per instance."""
+    if "tsdf" in output:
+        return tsdf_to_polygons(output["tsdf"], output["boxes"])
     polys = []
     for m in output["masks"]:
         prob = m[0].numpy().astype(np.float64)
@@ -124,16 +124,17 @@ def run_predict(model: nn.Module, images: Iterable[Path], out_dir: Path, *,
             skipped.append((str(path), msg))
             tqdm.write(f"skipping {path}: {msg}")
             continue
-        (output,) = predict_batch(model, [image], device, contours=level, tta=tta,
+        (output,) = predict_batch(model, [image], device, tsdf=level, tta=tta,
                                   tta_flip=tta_flip, tta_min_sizes=tta_min_sizes)
         output = _keep(output, score_thresh)
         polys = contours_of(output)
+        output.pop("tsdf", None)
+        output.pop("tsdf_init", None)
         draw_overlay(image, output, polys, class_names=class_names).save(
             out_dir / "overlays" / f"{path.stem}.png")
         image_id = len(ids) + 1
         ids.append(image_id)
         names[str(path)] = image_id
-        output.pop("contours", None)
         outputs.append(output)
         if polygons:
             poly_records[str(path)] = [

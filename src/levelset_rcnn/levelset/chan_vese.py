@@ -37,7 +37,8 @@ from torch import Tensor, nn
 
 from .functional import CURVATURE_ETA, curvature, dirac, heaviside
 
-__all__ = ["ChanVese", "chan_vese_evolve", "REGION_KAPPA", "roi_chunks"]
+__all__ = ["ChanVese", "chan_vese_evolve", "REGION_KAPPA", "level_set_step", "region_terms",
+           "roi_chunks"]
 
 #: Regulariser (in pixels) of the region areas in eq. 9.
 REGION_KAPPA = 1e-4
@@ -51,6 +52,53 @@ HyperParam = Tensor | float
 
 def _step_terms(phi: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
     return heaviside(phi, e), dirac(phi, e)
+
+
+def region_terms(
+    fh: Tensor, a: Tensor, m: Tensor, P: int, l1: Tensor, l2: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The region means (eq. 9) and the per-RoI parts of the data term, from centred sums.
+
+    Shared by :class:`ChanVese` and :class:`~levelset_rcnn.levelset.upsampled.
+    UpsampledChanVese`, which differ only in how they read the features.
+
+    Args:
+        fh: ``(R, C)`` ``sum_x (F(x) - m) H(x)``.
+        a: ``(R,)`` inside area ``sum_x H(x)``.
+        m: ``(R, C)`` per-RoI mean of ``F`` (``sum_x (F - m) = 0``).
+        P: pixels per RoI.
+        l1, l2: ``(R, 1)`` ``lambda_1``, ``lambda_2``.
+
+    Returns:
+        ``c1 - m, c2 - m: (R, C)`` (areas regularised by :data:`REGION_KAPPA`),
+        ``w = l1 (c1 - m) - l2 (c2 - m): (R, C)`` and
+        ``const = l2 |c2 - m|^2 - l1 |c1 - m|^2: (R, 1)``, so that
+        ``-l1 ||F - c1||^2 + l2 ||F - c2||^2 = (l2 - l1) ||F - m||^2 + 2 (F - m).w + const``.
+    """
+    c1m = (fh - REGION_KAPPA * m) / (a + REGION_KAPPA)[:, None]
+    c2m = (-fh - REGION_KAPPA * m) / (P - a + REGION_KAPPA)[:, None]
+    w = l1 * c1m - l2 * c2m
+    const = l2 * c2m.square().sum(1, keepdim=True) - l1 * c1m.square().sum(1, keepdim=True)
+    return c1m, c2m, w, const
+
+
+def level_set_step(
+    phi: Tensor, d: Tensor, K: Tensor, q: Tensor, fw: Tensor, const: Tensor, l1: Tensor,
+    l2: Tensor, mu: Tensor, dt: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """One update of eq. 7 on ``(R, P)`` maps: ``phi + dt * delta * V`` with the speed
+    ``V = mu K + (l2 - l1) ||F - m||^2 + 2 (F - m).w + const`` (see :func:`region_terms`).
+
+    Args:
+        phi, d, K, q, fw: ``(R, P)`` level set, ``delta_eps(phi)``, curvature,
+            ``||F - m||^2`` and ``(F - m).w``.
+        const, l1, l2, mu, dt: ``(R, 1)``.
+
+    Returns:
+        ``(phi_next, V)``, both ``(R, P)``.
+    """
+    V = mu * K + ((l2 - l1) * q + 2.0 * fw + const)
+    return phi + dt * d * V, V
 
 
 def roi_chunks(R: int, P: int, device: torch.device) -> list[slice]:
@@ -122,24 +170,18 @@ def _forward_chunk(
     q = _centred_sq_norm(Ff, m)  # ||F - m||^2: (R, P)
     l1, l2, mu_ = lambda1.unsqueeze(-1), lambda2.unsqueeze(-1), mu.unsqueeze(-1)
     phis = [phi]
-    saved: dict[str, list[Tensor]] = {"V": [], "c1": [], "c2": [], "a": [], "w": []}
+    saved: dict[str, list[Tensor]] = {"V": [], "c1m": [], "c2m": [], "a": [], "w": []}
     for n in range(num_steps):
         e = eps[:, n : n + 1]
         H, d = _step_terms(phi, e)
         a = H.sum(-1)  # inside area (R,)
-        fH = _project(Ff, H)  # sum_x F H: (R, C)
-        c1 = fH / (a + REGION_KAPPA).unsqueeze(-1)
-        c2 = (sF - fH) / (P - a + REGION_KAPPA).unsqueeze(-1)
-        c1m, c2m = c1 - m, c2 - m
-        w = l1 * c1m - l2 * c2m  # (R, C)
-        Fw = _contract(Ff, w) - (w * m).sum(-1, keepdim=True)
-        const = l2 * c2m.square().sum(-1, keepdim=True) - l1 * c1m.square().sum(-1, keepdim=True)
-        D = (l2 - l1) * q + 2.0 * Fw + const  # -l1||F-c1||^2 + l2||F-c2||^2
+        fh = _project(Ff, H) - m * a.unsqueeze(-1)  # sum_x (F - m) H: (R, C)
+        c1m, c2m, w, const = region_terms(fh, a, m, P, l1, l2)
+        Fw = _contract(Ff, w) - (w * m).sum(-1, keepdim=True)  # (F - m).w: (R, P)
         K = curvature(phi.view(R, 1, height, width), eta).view(R, P)
-        V = mu_ * K + D
-        phi = phi + dt[:, n : n + 1] * d * V
+        phi, V = level_set_step(phi, d, K, q, Fw, const, l1, l2, mu_, dt[:, n : n + 1])
         if record:
-            for key, val in (("V", V), ("c1", c1), ("c2", c2), ("a", a), ("w", w)):
+            for key, val in (("V", V), ("c1m", c1m), ("c2m", c2m), ("a", a), ("w", w)):
                 saved[key].append(val)
         if record or keep_all:
             phis.append(phi)
@@ -170,7 +212,7 @@ def _backward_chunk(
     R, C, P = Ff.shape
     height = P // width
     num_steps = eps.shape[1]
-    Vs, c1s, c2s, As, Ws = (saved[k] for k in ("V", "c1", "c2", "a", "w"))
+    Vs, c1s, c2s, As, Ws = (saved[k] for k in ("V", "c1m", "c2m", "a", "w"))
     q, m = saved["q"], saved["m"]
     l1, l2, mu_ = lambda1.unsqueeze(-1), lambda2.unsqueeze(-1), mu.unsqueeze(-1)
 
@@ -188,7 +230,7 @@ def _backward_chunk(
     for n in reversed(range(num_steps)):
         phi = phis[n]
         e, t = eps[:, n : n + 1], dt[:, n : n + 1]
-        V, c1, c2, a, w = Vs[n], c1s[n], c2s[n], As[n], Ws[n]
+        V, c1m, c2m, a, w = Vs[n], c1s[n], c2s[n], As[n], Ws[n]
         H, d = _step_terms(phi, e)
         u = phi / e  # d = s / pi with s = 1 / (1 + u^2); dd/dphi = -2 u s d / e
         ud_e = u * d * (1.0 + u * u).reciprocal_() / e
@@ -206,7 +248,6 @@ def _backward_chunk(
         g_mu += (gV * K.detach()).sum(-1)
         g_phi = g_phi + g_phi_K
         # D = (l2 - l1) q + 2 (F - m).w + l2 |c2 - m|^2 - l1 |c1 - m|^2
-        c1m, c2m = c1 - m, c2 - m
         s = gV.sum(-1, keepdim=True)
         gVq = (gV * q).sum(-1)
         g_l2 += gVq + s.squeeze(-1) * c2m.square().sum(-1)
@@ -226,6 +267,7 @@ def _backward_chunk(
         ib = 1.0 / (P - a + REGION_KAPPA).unsqueeze(-1)
         g_fH = g_c1 * ia - g_c2 * ib
         g_sF += g_c2 * ib
+        c1, c2 = c1m + m, c2m + m
         g_a = -(g_c1 * c1).sum(-1, keepdim=True) * ia + (g_c2 * c2).sum(-1, keepdim=True) * ib
         gH = _contract(Ff, g_fH) + g_a
         g_phi = g_phi + gH * (d / e)
@@ -244,7 +286,7 @@ def _backward_chunk(
     return g, g_l1, g_l2, g_mu, g_eps, g_dt
 
 
-_SAVED_KEYS = ("V", "c1", "c2", "a", "w", "q", "m")
+_SAVED_KEYS = ("V", "c1m", "c2m", "a", "w", "q", "m")
 
 
 class _ChanVeseFunction(torch.autograd.Function):

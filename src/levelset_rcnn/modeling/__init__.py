@@ -1,4 +1,4 @@
-"""LevelSet R-CNN models: heads, RoI heads, the model class and builders.
+"""LevelSet R-CNN models: heads, mask branches, RoI heads, the model class and builders.
 
 Example::
 
@@ -7,7 +7,8 @@ Example::
     out = model([image])[0]       # boxes, labels, scores, masks (K, 1, H, W) as Mask R-CNN
 
 The paper's Table 3 competitors are one argument away: ``mask_head_type="lsloss"`` (Mask R-CNN
-with the Chan-Vese energy loss), ``"delse"`` or ``"delse_hp"`` (DELSE's edge-based evolution).
+with the Chan-Vese energy loss), ``"delse"`` or ``"delse_hp"`` (DELSE's edge-based evolution);
+each is a mask branch (:mod:`.mask_branches`).
 """
 
 from .backbones import (
@@ -18,19 +19,14 @@ from .backbones import (
 )
 from .builders import (
     BACKBONES,
+    MASK_BRANCHES,
+    detector_settings,
     levelset_rcnn,
     levelset_rcnn_mobilenet_v3_large_fpn,
     levelset_rcnn_resnet18_fpn,
     levelset_rcnn_resnet50_fpn,
+    mask_branch_settings,
     mask_rcnn,
-)
-from .delse import (
-    DELSE_CURVATURE,
-    DELSE_DT,
-    angular_loss,
-    class_balanced_bce,
-    delse_evolve,
-    velocity_targets,
 )
 from .heads import (
     DEFAULT_INIT,
@@ -42,10 +38,29 @@ from .heads import (
     TSDFPredictor,
 )
 from .levelset_rcnn import LevelSetRCNN, validate_inputs
-from .losses import LOSS_EPS, chan_vese_energy_loss, levelset_targets, tsdf_loss
-from .roi_heads import DEFAULT_TRUNCATION, MASK_HEAD_TYPES, LevelSetRoIHeads
+from .losses import DEFAULT_TRUNCATION, LOSS_EPS, levelset_targets, tsdf_loss
+from .mask_branches import (
+    BinaryMaskBranch,
+    DELSEBranch,
+    DELSEHPBranch,
+    LevelSetBranch,
+    LSLossBranch,
+    MaskBranch,
+    MaskTargets,
+    TSDFBranch,
+    mask_probabilities,
+    masks_from_maps,
+)
+from .mask_branches.delse import (
+    DELSE_CURVATURE,
+    DELSE_DT,
+    angular_loss,
+    class_balanced_bce,
+    velocity_targets,
+)
+from .mask_branches.lsloss import chan_vese_energy_loss
+from .roi_heads import LevelSetRoIHeads
 from .tta import TTAView, TTAWrapper
-from .upsampled_cv import UpsampledChanVese
 from .weights import LoadReport, WeightsUnavailableError, load_maskrcnn_weights
 
 __all__ = [
@@ -55,26 +70,33 @@ __all__ = [
     "DELSE_CURVATURE",
     "DELSE_DT",
     "LOSS_EPS",
-    "MASK_HEAD_TYPES",
+    "MASK_BRANCHES",
+    "BinaryMaskBranch",
     "ChanVeseFeatureHead",
+    "DELSEBranch",
+    "DELSEHPBranch",
     "DeformConv2dPack",
     "GlobalHyperParameters",
     "HighResMaskPredictor",
     "HyperParameterHead",
     "HyperParameters",
+    "LSLossBranch",
+    "LevelSetBranch",
     "LevelSetRCNN",
     "LevelSetRoIHeads",
     "LoadReport",
+    "MaskBranch",
+    "MaskTargets",
     "PathAggregation",
+    "TSDFBranch",
     "TSDFPredictor",
     "TTAView",
     "TTAWrapper",
-    "UpsampledChanVese",
     "WeightsUnavailableError",
     "angular_loss",
     "chan_vese_energy_loss",
     "class_balanced_bce",
-    "delse_evolve",
+    "detector_settings",
     "levelset_rcnn",
     "levelset_rcnn_mobilenet_v3_large_fpn",
     "levelset_rcnn_resnet18_fpn",
@@ -83,7 +105,10 @@ __all__ = [
     "load_backbone_state_dict",
     "load_maskrcnn_weights",
     "make_deformable",
+    "mask_branch_settings",
+    "mask_probabilities",
     "mask_rcnn",
+    "masks_from_maps",
     "tsdf_loss",
     "validate_inputs",
     "velocity_targets",

@@ -2,12 +2,18 @@
 
 * :func:`levelset_rcnn`: the generic builder (``backbone`` = ``"resnet18" | "resnet34" |
   "resnet50" | "resnet101" | "wide_resnet50_2" | "mobilenet_v3_large"``, optional deformable
-  convs in ResNet stages and PANet's bottom-up path, FPN and head widths, any
-  :class:`LevelSetRCNN` / torchvision ``FasterRCNN`` keyword);
+  convs in ResNet stages and PANet's bottom-up path, FPN and head widths, the mask branch of
+  ``mask_head_type`` (:data:`MASK_BRANCHES`) with its settings, any torchvision
+  ``FasterRCNN`` keyword);
 * :func:`levelset_rcnn_resnet50_fpn`, :func:`levelset_rcnn_resnet18_fpn`,
   :func:`levelset_rcnn_mobilenet_v3_large_fpn`: the named variants;
 * :func:`mask_rcnn`: the Mask R-CNN baseline through the same code (``mask_head_type="binary"``),
   so that comparisons use identical backbones, RPN and box heads.
+
+Like segment-anything's ``build_sam``, the builder makes every part with exactly the numbers it
+uses and hands the built parts to :class:`LevelSetRCNN`. The keywords a mask branch takes are
+read from its ``build`` signature (:func:`mask_branch_settings`), never listed a second time;
+an unknown keyword is a ``TypeError`` naming it.
 
 ``weights`` (COCO Mask R-CNN: ``MaskRCNN_ResNet50_FPN_Weights.COCO_V1``, ``"DEFAULT"`` or a local
 state-dict file) loads every compatible tensor; the report is logged and kept as
@@ -18,9 +24,10 @@ weights are asked for.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +37,30 @@ from torchvision.models._api import WeightsEnum
 from torchvision.models.detection._utils import overwrite_eps
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.models.detection.mask_rcnn import MaskRCNN_ResNet50_FPN_Weights
+from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNN_ResNet50_FPN_Weights, MaskRCNNHeads
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import misc as misc_nn_ops
 
 from .backbones import PathAggregation, load_backbone_state_dict, make_deformable
 from .levelset_rcnn import LevelSetRCNN
+from .mask_branches import (
+    BinaryMaskBranch,
+    DELSEBranch,
+    DELSEHPBranch,
+    LevelSetBranch,
+    LSLossBranch,
+    MaskBranch,
+    TSDFBranch,
+)
 from .weights import WeightsUnavailableError, expected_path, load_maskrcnn_weights
 
 __all__ = [
     "BACKBONES",
+    "MASK_BRANCHES",
+    "detector_settings",
+    "mask_branch_settings",
     "levelset_rcnn",
     "levelset_rcnn_mobilenet_v3_large_fpn",
     "levelset_rcnn_resnet18_fpn",
@@ -56,6 +77,40 @@ WeightsArg = WeightsEnum | str | os.PathLike | None
 _STATE_FILE_SUFFIXES = (".pth", ".pt", ".pkl", ".bin", ".ckpt")
 
 logger = logging.getLogger(__name__)
+
+#: A recipe's ``mask_head_type`` -> the ``build(in_channels, num_classes, **settings)`` of its
+#: mask branch. A new variant is one file in ``mask_branches/`` and one line here.
+MASK_BRANCHES: dict[str, Callable[..., MaskBranch]] = {
+    "levelset": LevelSetBranch.build,
+    "tsdf": TSDFBranch.build,
+    "binary": BinaryMaskBranch.build,
+    "lsloss": LSLossBranch.build,
+    "delse": DELSEBranch.build,
+    "delse_hp": DELSEHPBranch.build,
+}
+
+
+def _keywords(fn: Callable[..., Any], skip: Sequence[str] = ()) -> dict[str, Any]:
+    """Named keyword parameters of ``fn`` and their defaults (no ``*args`` / ``**kwargs``)."""
+    return {
+        name: p.default for name, p in inspect.signature(fn).parameters.items()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and name not in skip
+    }
+
+
+def mask_branch_settings(variant: str | None = None) -> dict[str, Any]:
+    """The settings (keyword -> default) of one mask branch's ``build``, or of all of them."""
+    builds = MASK_BRANCHES.values() if variant is None else [MASK_BRANCHES[variant]]
+    out: dict[str, Any] = {}
+    for build in builds:
+        for name, default in _keywords(build, ("in_channels", "num_classes")).items():
+            out.setdefault(name, default)
+    return out
+
+
+def detector_settings() -> dict[str, Any]:
+    """torchvision ``FasterRCNN`` keywords (transform, RPN and box branch) and defaults."""
+    return _keywords(FasterRCNN.__init__, ("self", "backbone", "num_classes"))
 
 
 def _is_state_file(weights: object) -> bool:
@@ -144,6 +199,9 @@ def levelset_rcnn(
     panet: bool = False,
     fpn_channels: int = 256,
     box_representation_size: int = 1024,
+    mask_layers: Sequence[int] = (256, 256, 256, 256),
+    mask_head_type: str = "levelset",
+    mask_branch: MaskBranch | None = None,
     progress: bool = True,
     **kwargs: Any,
 ) -> LevelSetRCNN:
@@ -166,12 +224,40 @@ def levelset_rcnn(
             (:class:`~levelset_rcnn.modeling.backbones.PathAggregation`).
         fpn_channels: FPN width (256 in the paper; smaller for CPU work).
         box_representation_size: width of the box head's two FC layers (1024).
-        **kwargs: :class:`LevelSetRCNN` arguments (``mask_head_type``, ``num_steps``,
-            ``cv_channels``, ``mask_layers``, ``detach_phi0``, ...) and torchvision
-            ``FasterRCNN`` ones (``min_size``, ``max_size``, ``box_batch_size_per_image``, ...).
+        mask_layers: channels of the mask trunk's 3x3 convs (Mask R-CNN: four of 256).
+        mask_head_type: the mask branch, a key of :data:`MASK_BRANCHES`: ``"levelset"`` (the
+            full model), ``"tsdf"`` (Mask R-CNN on a TSDF target), ``"binary"`` (Mask R-CNN),
+            or Table 3's ``"lsloss"``, ``"delse"``, ``"delse_hp"``.
+        mask_branch: a ready mask branch instead (its settings are then not accepted).
+        **kwargs: the settings of the mask branches (:func:`mask_branch_settings`:
+            ``num_steps``, ``cv_channels``, ``truncation``, ``loss_weights``, ``detach_phi0``,
+            ``mask_resolution``, ...) and torchvision ``FasterRCNN`` keywords
+            (:func:`detector_settings`: ``min_size``, ``max_size``, ``box_batch_size_per_image``,
+            ...). A setting of another variant than ``mask_head_type``'s is ignored, with a
+            warning when it differs from its default.
+
+    Raises:
+        TypeError: a keyword that is neither.
+        ValueError: an unknown ``mask_head_type`` or a bad setting (named).
     """
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+    if mask_branch is None and mask_head_type not in MASK_BRANCHES:
+        raise ValueError(f"mask_head_type must be one of {', '.join(MASK_BRANCHES)}, got "
+                         f"{mask_head_type!r}")
+    every_branch = mask_branch_settings()
+    detector = detector_settings()
+    unknown = sorted(k for k in kwargs if k not in every_branch and k not in detector)
+    if unknown:
+        raise TypeError(
+            f"levelset_rcnn() got unknown keyword(s) {', '.join(map(repr, unknown))}: not a "
+            f"mask-branch setting ({', '.join(every_branch)}) nor a torchvision FasterRCNN "
+            f"argument")
+    branch_kw = {k: v for k, v in kwargs.items() if k in every_branch}
+    detector_kw = {k: v for k, v in kwargs.items() if k not in every_branch}
+    if mask_branch is not None and branch_kw:
+        raise TypeError(f"mask_branch is given: its settings ({', '.join(branch_kw)}) cannot "
+                        "be given too")
     if weights is not None:
         weights_backbone = None
         num_classes = 91 if num_classes is None else num_classes
@@ -190,15 +276,23 @@ def levelset_rcnn(
         frozen_bn=pretrained, progress=progress, state_file=state_file,
         deform_stages=tuple(deform_stages), panet=panet,
     )
-    if backbone == "mobilenet_v3_large" and "rpn_anchor_generator" not in kwargs:
-        sizes = ((32, 64, 128, 256, 512),) * 3
-        kwargs["rpn_anchor_generator"] = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * 3)
-    if box_representation_size != 1024 and "box_head" not in kwargs:
-        kwargs["box_head"] = TwoMLPHead(fpn_channels * 7 * 7, box_representation_size)
-        kwargs["box_predictor"] = FastRCNNPredictor(box_representation_size, num_classes)
-        model = LevelSetRCNN(body, None, **kwargs)
-    else:
-        model = LevelSetRCNN(body, num_classes, **kwargs)
+    # Every part is made here, in a fixed order (box head, RPN head, mask trunk, mask branch),
+    # so that a seed gives the same initial weights whatever the settings.
+    if "box_head" not in detector_kw:
+        detector_kw["box_head"] = TwoMLPHead(fpn_channels * 7 * 7, box_representation_size)
+    if "box_predictor" not in detector_kw:
+        detector_kw["box_predictor"] = FastRCNNPredictor(box_representation_size, num_classes)
+    if "rpn_anchor_generator" not in detector_kw:
+        detector_kw["rpn_anchor_generator"] = _anchor_generator(backbone)
+    if "rpn_head" not in detector_kw:
+        anchors = detector_kw["rpn_anchor_generator"].num_anchors_per_location()[0]
+        detector_kw["rpn_head"] = RPNHead(body.out_channels, anchors)
+    trunk = MaskRCNNHeads(body.out_channels, list(mask_layers), 1)
+    if mask_branch is None:
+        mask_branch = _build_branch(mask_head_type, mask_layers[-1], num_classes, branch_kw)
+    mask_roi_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=14, sampling_ratio=2)
+    model = LevelSetRCNN(body, None, mask_branch=mask_branch, mask_roi_pool=mask_roi_pool,
+                         mask_head=trunk, **detector_kw)
     model.load_report = None
     if weights is not None:
         model.load_report = load_maskrcnn_weights(model, weights, progress=progress)
@@ -207,6 +301,34 @@ def levelset_rcnn(
             overwrite_eps(model, 0.0)  # as torchvision does for this legacy checkpoint
         _warn_partial_body(model.load_report, backbone)
     return model
+
+
+def _anchor_generator(backbone: str) -> AnchorGenerator:
+    """torchvision's anchors: 5 FPN levels of one size each, or 3 levels of 5 sizes for
+    MobileNetV3 (whose FPN has fewer levels)."""
+    if backbone == "mobilenet_v3_large":
+        return AnchorGenerator(((32, 64, 128, 256, 512),) * 3, ((0.5, 1.0, 2.0),) * 3)
+    return AnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
+
+
+def _build_branch(variant: str, in_channels: int, num_classes: int,
+                  settings: dict[str, Any]) -> MaskBranch:
+    """The ``variant``'s mask branch with the settings it takes; the others are ignored (a
+    warning names those set away from their default)."""
+    own = mask_branch_settings(variant)
+    others = mask_branch_settings()
+    ignored = [k for k, v in settings.items() if k not in own and not _same(v, others[k])]
+    if ignored:
+        logger.warning("mask_head_type=%r does not use %s; ignored", variant,
+                       ", ".join(f"{k}={settings[k]!r}" for k in ignored))
+    build = MASK_BRANCHES[variant]
+    return build(in_channels, num_classes, **{k: v for k, v in settings.items() if k in own})
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return list(a) == list(b)
+    return a == b
 
 
 def _warn_partial_body(report: Any, backbone: str) -> None:
@@ -260,8 +382,12 @@ def levelset_rcnn_mobilenet_v3_large_fpn(
 
 
 def mask_rcnn(*, mask_resolution: int = 28, **kwargs: Any) -> LevelSetRCNN:
-    """Mask R-CNN baseline (binary 28x28 or 112x112 masks) through :func:`levelset_rcnn`."""
-    return levelset_rcnn(mask_head_type="binary", mask_resolution=mask_resolution, **kwargs)
+    """Mask R-CNN baseline (binary 28x28 or 112x112 masks) through :func:`levelset_rcnn`.
+
+    ``mask_head_type`` is ``"binary"`` whatever ``kwargs`` says (a recipe's level-set
+    settings are ignored)."""
+    kwargs["mask_head_type"] = "binary"
+    return levelset_rcnn(mask_resolution=mask_resolution, **kwargs)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,21 +1,8 @@
-"""TSDF targets and the level-set loss (paper, section 4.2), and the Chan-Vese energy loss of
-the "LS loss" baseline (Table 3).
+"""TSDF targets and the level-set loss (paper, section 4.2), shared by the level-set mask
+branches.
 
 ``l_TSDF(phi, phi_GT, M_GT) = |phi - phi_GT|_1 + BCE(H_0.1(phi), M_GT)``, averaged over the
 pixels of the positive RoIs, applied to ``phi_0`` and ``phi_N`` with separate weights.
-
-:func:`chan_vese_energy_loss` is the level-set loss of Hu et al. ("Deep level sets for salient
-object detection", CVPR 2017; the paper's reference [29]) on Mask R-CNN's mask output: the
-sigmoid probabilities shifted by -0.5 are the level set ``phi``, and the Chan-Vese energy of
-``H_eps(phi)`` with the ground-truth mask as the image ``u_0`` is added to Mask R-CNN's loss::
-
-    c1 = sum u0 H / sum H,   c2 = sum u0 (1 - H) / sum (1 - H)
-    E  = (lambda1 sum |u0 - c1|^2 H + lambda2 sum |u0 - c2|^2 (1 - H) + mu sum |grad H|) / P
-
-per RoI (``P`` pixels; the length term is the total variation of ``H``, ``int delta(phi)
-|grad phi|``, with Sobel gradients), averaged over the RoIs. With the ground truth as ``u_0``
-the region terms vanish exactly when ``H`` is the mask, so the energy is a supervised,
-region-based loss; it changes training only (inference is Mask R-CNN's).
 """
 
 from __future__ import annotations
@@ -26,28 +13,24 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 from ..levelset import heaviside, masks_to_tsdf
-from ..levelset.chan_vese import REGION_KAPPA
-from ..levelset.functional import sobel
 
 __all__ = [
-    "LSLOSS_EPS",
-    "LSLOSS_MU",
+    "DEFAULT_TRUNCATION",
     "LOSS_EPS",
-    "chan_vese_energy_loss",
+    "heaviside_nll",
     "levelset_targets",
     "project_masks",
     "tsdf_loss",
 ]
 
+#: TSDF truncation in pixels of the 112x112 RoI grid. The 28x28 initial TSDF is upsampled 4x,
+#: so the band must span several coarse pixels (12 px = 3 coarse pixels either side) for the
+#: bilinear upsampling of a ramp to be exact; with the Heaviside width 0.1 the loss and the
+#: Chan-Vese Dirac then act within ~1.2 px of the contour.
+DEFAULT_TRUNCATION = 12.0
 #: Heaviside width of the BCE term (paper: 0.1); also used for the inference masks, so that
 #: probability 0.5 is exactly the zero level set.
 LOSS_EPS = 0.1
-#: Heaviside width of the LS-loss baseline. Its level set ``sigmoid - 0.5`` lies in
-#: (-0.5, 0.5), so the paper's 0.1 maps a confident pixel (|phi| -> 0.5) to H = 0.94 / 0.06.
-LSLOSS_EPS = 0.1
-#: Weight of the length term (per pixel of the 28x28 mask): small, so that the total variation
-#: only removes specks (a bump of perimeter p pixels and area A goes when mu p > A).
-LSLOSS_MU = 0.01
 
 
 def project_masks(gt_masks: Tensor, boxes: Tensor, matched_idxs: Tensor, size: int) -> Tensor:
@@ -123,43 +106,3 @@ def tsdf_loss(phi: Tensor, tsdf_target: Tensor, mask_target: Tensor, *,
         nll_in, nll_out = heaviside_nll(phi, mask_target, eps)
         bce = (nll_in + nll_out).mean()
     return l1 + bce
-
-
-def chan_vese_energy_loss(
-    mask_logits: Tensor, image: Tensor, *, eps: float = LSLOSS_EPS, lambda1: float = 1.0,
-    lambda2: float = 1.0, mu: float = LSLOSS_MU,
-) -> Tensor:
-    """The Chan-Vese energy of Mask R-CNN's output as a loss (module docstring).
-
-    Args:
-        mask_logits: ``(R, S, S)`` mask logits of each RoI's class.
-        image: ``(R, S, S)`` the "image" ``u_0`` of the energy: the ground-truth masks
-            projected on the RoIs, in [0, 1].
-        eps: Heaviside width; lambda1, lambda2, mu: the energy's weights.
-
-    Returns:
-        A scalar (mean over RoIs of the per-pixel energy); ``mask_logits.sum() * 0`` (still in
-        the graph) when there are no RoIs. Region means divide by ``sum H + kappa``
-        (:data:`~levelset_rcnn.levelset.chan_vese.REGION_KAPPA`), so an empty region is
-        finite.
-    """
-    if mask_logits.shape != image.shape or mask_logits.dim() != 3:
-        raise ValueError(f"mask_logits and image must both be (R, S, S), got "
-                         f"{tuple(mask_logits.shape)} and {tuple(image.shape)}")
-    if mask_logits.numel() == 0:
-        return mask_logits.sum() * 0.0
-    with torch.autocast(device_type=mask_logits.device.type, enabled=False):
-        phi = torch.sigmoid(mask_logits.float()) - 0.5
-        h = heaviside(phi, eps)
-        u0 = image.float()
-        dims = (1, 2)
-        c1 = (u0 * h).sum(dims) / (h.sum(dims) + REGION_KAPPA)
-        c2 = (u0 * (1.0 - h)).sum(dims) / ((1.0 - h).sum(dims) + REGION_KAPPA)
-        region = (lambda1 * (u0 - c1[:, None, None]).square() * h
-                  + lambda2 * (u0 - c2[:, None, None]).square() * (1.0 - h)).sum(dims)
-        energy = region
-        if mu:
-            gx, gy = sobel(h[:, None])
-            # sqrt(.. + tiny): finite gradient where H is flat (a constant offset otherwise).
-            energy = energy + mu * torch.sqrt(gx * gx + gy * gy + 1e-12).sum((1, 2, 3))
-        return (energy / float(h.shape[1] * h.shape[2])).mean()

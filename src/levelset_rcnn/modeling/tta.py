@@ -11,16 +11,18 @@ the model's own transform at that shorter edge (the longer edge capped at ``max_
    (``torchvision.ops.batched_nms`` at ``roi_heads.nms_thresh``), keeping the
    ``roi_heads.detections_per_img`` best by score;
 3. the mask branch runs for the merged boxes in every view (each box mapped into the view, so
-   flipped in a flipped view); a flipped view's RoI grids are flipped back horizontally
-   (flipping a box flips its RoI grid), and the views are averaged: ``phi_N`` and ``phi_0``
-   for level-set models, mask probabilities for binary ones (``roi_heads.mask_predictor``);
-4. masks are ``H_0.1(mean phi_N)`` (``"tsdf"`` models: ``H_0.1(mean phi_0)``), pasted into the
-   image as torchvision pastes them.
+   flipped in a flipped view; ``roi_heads.mask_maps``); a flipped view's RoI grids are
+   flipped back horizontally (flipping a box flips its RoI grid), and the branch's inference
+   maps are averaged over the views: ``phi_N`` and ``phi_0`` for level-set branches, mask
+   probabilities for binary ones;
+4. masks come from the averaged maps as in the model
+   (:func:`~levelset_rcnn.modeling.mask_branches.masks_from_maps`: ``H_0.1(mean phi_N)``), pasted
+   into the image as torchvision pastes them.
 
 The output is the model's own dict per image: ``boxes, labels, scores, masks (K, 1, H, W)``,
-plus ``tsdf`` / ``tsdf_init`` (the averaged level sets in RoI coordinates) when the model's
-``return_tsdf`` is set and ``contours`` when ``return_contours`` is. The backbone features of
-all views are kept until the mask branch has run (memory grows with the number of views).
+plus ``tsdf`` / ``tsdf_init`` (the averaged level sets in RoI coordinates) with
+``return_tsdf=True``. The backbone features of all views are kept until the mask branch has
+run (memory grows with the number of views).
 """
 
 from __future__ import annotations
@@ -34,12 +36,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.roi_heads import maskrcnn_inference, paste_masks_in_image
+from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import batched_nms
 
-from ..levelset import heaviside, tsdf_to_polygons
-from .losses import LOSS_EPS
+from .mask_branches import masks_from_maps
 
 __all__ = ["TTAView", "TTAWrapper", "hflip_boxes"]
 
@@ -76,9 +77,8 @@ class TTAWrapper(nn.Module):
 
     Args:
         model: the detector; its ``transform``, ``backbone``, ``rpn`` and ``roi_heads``
-            (``box_roi_pool``, ``box_head``, ``box_predictor``, ``postprocess_detections``,
-            ``mask_roi_pool``, ``mask_head`` and ``levelset_forward`` or ``mask_predictor``)
-            are used.
+            (``box_roi_pool``, ``box_head``, ``box_predictor``, ``postprocess_detections`` and
+            ``mask_maps``) are used.
         min_sizes: shorter edges of the views (``None`` or empty: the model's test size,
             ``model.transform.min_size[-1]``).
         flip: add the mirrored view of every size.
@@ -107,32 +107,11 @@ class TTAWrapper(nn.Module):
         flips = (False, True) if flip else (False,)
         self.views = [TTAView(int(s), f) for s in dict.fromkeys(sizes) for f in flips]
 
-    # Delegated so that code written for the model (engine.predict_batch) drives the wrapper.
-    @property
-    def return_tsdf(self) -> bool:
-        return bool(getattr(self.model, "return_tsdf", False))
-
-    @return_tsdf.setter
-    def return_tsdf(self, value: bool) -> None:
-        self.model.return_tsdf = value
-
-    @property
-    def return_contours(self) -> bool:
-        return bool(getattr(self.model, "return_contours", False))
-
-    @return_contours.setter
-    def return_contours(self, value: bool) -> None:
-        self.model.return_contours = value
-
     @property
     def refines_initial_tsdf(self) -> bool:
         return bool(getattr(self.model, "refines_initial_tsdf", False))
 
     # ------------------------------------------------------------------------------------------
-    def _binary(self) -> bool:
-        """Whether masks come from ``mask_predictor`` logits (else from ``levelset_forward``)."""
-        return getattr(self.model.roi_heads, "mask_predictor", None) is not None
-
     def _transform(self, view: TTAView) -> nn.Module:
         t = copy.copy(self.model.transform)
         t.min_size = (view.min_size,)
@@ -189,33 +168,25 @@ class TTAWrapper(nn.Module):
 
     def _masks_in_view(self, run: _ViewRun, dets: list[dict[str, Tensor]],
                        sizes: list[tuple[int, int]]) -> dict[str, Tensor]:
-        """Stage 2 in one view: ``(R, 1, M, M)`` maps of all merged boxes (all images in
-        order), on the original boxes' RoI grids: ``probs`` (binary) or ``phi0`` / ``phiN``."""
-        rh = self.model.roi_heads
+        """Stage 2 in one view: the mask branch's ``(R, 1, M, M)`` inference maps of all merged
+        boxes (all images in order), on the original boxes' RoI grids."""
         boxes = [self._to_view(d["boxes"], run.view, vs, s)
                  for d, vs, s in zip(dets, run.image_sizes, sizes, strict=True)]
-        labels = torch.cat([d["labels"] for d in dets])
-        x = rh.mask_head(rh.mask_roi_pool(run.features, boxes, run.image_sizes))
-        if self._binary():
-            (probs,) = maskrcnn_inference(rh.mask_predictor(x).float(), [labels])
-            out = {"probs": probs}
-        else:
-            ls = rh.levelset_forward(x, labels)
-            out = {"phi0": ls["phi0"].float()}
-            if "phiN" in ls:
-                out["phiN"] = ls["phiN"].float()
-        return {k: self._unflip_roi(v, run.view) for k, v in out.items()}
+        maps = self.model.roi_heads.mask_maps(run.features, boxes, run.image_sizes,
+                                              [d["labels"] for d in dets])
+        return {k: self._unflip_roi(v, run.view) for k, v in maps.items()}
 
     @torch.no_grad()
-    def forward(self, images: list[Tensor]) -> list[dict[str, Any]]:
-        """``images``: list of ``(3, H, W)`` tensors -> one result dict per image."""
+    def forward(self, images: list[Tensor], *, return_tsdf: bool = False) -> list[dict[str, Any]]:
+        """``images``: list of ``(3, H, W)`` tensors -> one result dict per image (with the
+        averaged ``tsdf`` / ``tsdf_init`` when ``return_tsdf``)."""
         m = self.model
         if m.training:
             raise RuntimeError("TTAWrapper runs in eval mode only: call .eval() first")
-        want_tsdf = self.return_tsdf or self.return_contours
-        if want_tsdf and self._binary():
-            raise ValueError("tsdf / contours need a level-set model (mask_head_type "
-                             "'levelset' or 'tsdf'), not binary masks")
+        branch = m.roi_heads.mask_branch
+        if return_tsdf and not getattr(branch, "predicts_level_sets", False):
+            raise ValueError(f"return_tsdf needs a mask branch that predicts level sets; "
+                             f"{type(branch).__name__} predicts binary masks")
         for i, img in enumerate(images):
             if img.dim() != 3:
                 raise ValueError(f"image {i} must be (3, H, W), got {tuple(img.shape)}")
@@ -232,21 +203,13 @@ class TTAWrapper(nn.Module):
             for k, v in self._masks_in_view(run, merged, sizes).items():
                 total[k] = total[k] + v if k in total else v
         mean = {k: v / len(runs) for k, v in total.items()}
-        binary = "probs" in mean
-        final = mean["probs"] if binary else mean.get("phiN", mean["phi0"])
-        probs = final if binary else heaviside(final, LOSS_EPS)
         counts = [len(d["boxes"]) for d in merged]
-        initial = mean.get("phi0", final).split(counts)
+        probs = masks_from_maps(mean).split(counts)
+        extras = {k: mean[k].split(counts) for k in ("tsdf", "tsdf_init")} if return_tsdf else {}
         results = []
-        for d, s, p, phi_n, phi_0 in zip(merged, sizes, probs.split(counts),
-                                          final.split(counts), initial, strict=True):
+        for i, (d, s, p) in enumerate(zip(merged, sizes, probs, strict=True)):
             r: dict[str, Any] = dict(d)
             r["masks"] = paste_masks_in_image(p, d["boxes"], s)
-            if not binary:
-                if self.return_contours:
-                    r["contours"] = tsdf_to_polygons(phi_n, d["boxes"])
-                if self.return_tsdf:
-                    r["tsdf"] = phi_n
-                    r["tsdf_init"] = phi_0
+            r.update({k: v[i] for k, v in extras.items()})
             results.append(r)
         return results

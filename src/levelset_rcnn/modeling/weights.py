@@ -24,6 +24,8 @@ __all__ = ["LoadReport", "WeightsUnavailableError", "load_maskrcnn_weights", "re
 
 logger = logging.getLogger(__name__)
 
+_TV_PREDICTOR = "roi_heads.mask_predictor."
+_OUR_PREDICTOR = "roi_heads.mask_branch.mask_predictor."
 _OLD_MASK_FCN = re.compile(r"^(.*mask_head\.)mask_fcn(\d+)\.(weight|bias)$")
 
 
@@ -122,6 +124,13 @@ def load_maskrcnn_weights(
         m = _OLD_MASK_FCN.match(k)
         renamed[f"{m[1]}{int(m[2]) - 1}.0.{m[3]}" if m else k] = v
     own = model.state_dict()
+    # torchvision's mask predictor is the binary mask branch's (roi_heads.mask_branch.*).
+    renamed = {
+        (k.replace(_TV_PREDICTOR, _OUR_PREDICTOR, 1)
+         if k.startswith(_TV_PREDICTOR) and k.replace(_TV_PREDICTOR, _OUR_PREDICTOR, 1) in own
+         else k): v
+        for k, v in renamed.items()
+    }
     report = LoadReport(source=source)
     to_load = {}
     for k, v in renamed.items():

@@ -11,7 +11,9 @@ quantity a Chan-Vese step needs from ``F`` can be computed at low resolution:
   neighbours of ``x``, i.e. ten Gram maps ``<f_p, f_q>`` at ``s x s``, combined with the
   bilinear weights.
 
-The result equals :class:`levelset_rcnn.levelset.ChanVese` applied to
+The step arithmetic (region means, data term, update) is the core layer's
+(:func:`.chan_vese.region_terms`, :func:`.chan_vese.level_set_step`); only the way the
+features are read differs. The result equals :class:`levelset_rcnn.levelset.ChanVese` applied to
 ``F.interpolate(f, (M, M), mode="bilinear", align_corners=False)`` (same centring by the
 per-RoI mean, same region regulariser and curvature; tested to float32 round-off), at a
 fraction of the cost: nothing of size ``C x M x M`` is ever created, so on a CPU the 100-RoI
@@ -25,9 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..levelset import curvature, dirac, heaviside
-from ..levelset.chan_vese import EPS_FLOOR, REGION_KAPPA, roi_chunks
-from ..levelset.functional import CURVATURE_ETA
+from .chan_vese import EPS_FLOOR, level_set_step, region_terms, roi_chunks
+from .functional import CURVATURE_ETA, curvature, dirac, heaviside
 
 __all__ = ["UpsampledChanVese", "bilinear_matrix", "upsampled_sq_norm"]
 
@@ -104,20 +105,23 @@ def upsampled_sq_norm(f: Tensor, M: int) -> Tensor:
 class UpsampledChanVese(nn.Module):
     """``N`` unrolled Chan-Vese steps (eq. 7-9) on ``F = bilinear_up(f)`` given ``f``.
 
-    ``forward(phi0 (R, 1, M, M), f (R, C, s, s), *, lambda1, lambda2, mu (R,), eps, dt (R, N))
-    -> phi_N (R, 1, M, M)`` float32 (float64 for float64 inputs), differentiable with respect to
-    every input through autograd.
+    ``forward(phi0 (R, 1, M, M), f (R, C, s, s), *, lambda1, lambda2, mu (R,), eps, dt (R, N),
+    return_all=False) -> phi_N (R, 1, M, M)`` float32 (float64 for float64 inputs),
+    differentiable with respect to every input through autograd; ``return_all=True`` gives
+    ``[phi_0, ..., phi_N]``.
     """
 
     def __init__(self, num_steps: int = 3, *, eta: float = CURVATURE_ETA) -> None:
         super().__init__()
+        if num_steps < 0:
+            raise ValueError(f"num_steps must be >= 0, got {num_steps}")
         self.num_steps = num_steps
         self.eta = eta
 
     def forward(
         self, phi0: Tensor, f: Tensor, *, lambda1: Tensor, lambda2: Tensor, mu: Tensor,
-        eps: Tensor, dt: Tensor,
-    ) -> Tensor:
+        eps: Tensor, dt: Tensor, return_all: bool = False,
+    ) -> Tensor | list[Tensor]:
         R, _, M, Mw = phi0.shape
         if M != Mw or f.shape[-1] != f.shape[-2] or f.shape[0] != R:
             raise ValueError(f"need square maps and matching RoIs: phi0 {tuple(phi0.shape)}, "
@@ -125,7 +129,8 @@ class UpsampledChanVese(nn.Module):
         dtype = torch.float64 if torch.float64 in (phi0.dtype, f.dtype) else torch.float32
         with torch.autocast(device_type=phi0.device.type, enabled=False):
             if R == 0 or self.num_steps == 0:
-                return phi0.to(dtype)
+                phi = phi0.to(dtype)
+                return [phi] * (self.num_steps + 1) if return_all else phi
             U = bilinear_matrix(f.shape[-1], M, device=f.device, dtype=dtype)  # (M, s), tiny
             args = [t.to(dtype) for t in (phi0, f, lambda1, lambda2, mu, eps, dt)]
             # RoIs are independent: the core layer's chunking policy (cache-sized on the CPU).
@@ -133,12 +138,15 @@ class UpsampledChanVese(nn.Module):
                 self._evolve(*(t[sl] for t in args), U=U)
                 for sl in roi_chunks(R, M * M, phi0.device)
             ]
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
+        steps = [torch.cat(p) if len(p) > 1 else p[0] for p in zip(*parts, strict=True)]
+        return steps if return_all else steps[-1]
 
     def _evolve(
         self, phi0: Tensor, f: Tensor, lambda1: Tensor, lambda2: Tensor, mu: Tensor,
         eps: Tensor, dt: Tensor, *, U: Tensor,
-    ) -> Tensor:
+    ) -> list[Tensor]:
+        """Every level set ``[phi_0, ..., phi_N]`` of one chunk, each ``(R, 1, M, M)``."""
+        R = phi0.shape[0]
         M, s = U.shape
         P = M * M
         Ut = U.t()
@@ -147,23 +155,23 @@ class UpsampledChanVese(nn.Module):
         col = U.sum(0)  # (s,)
         m = torch.einsum("rcij,i,j->rc", f, col, col) / P
         fc = f - m[:, :, None, None]
-        q = upsampled_sq_norm(fc, M)  # ||F - m||^2: (R, M, M)
-        l1, l2, mu_ = lambda1[:, None], lambda2[:, None], mu[:, None, None]
+        q = upsampled_sq_norm(fc, M).view(R, P)  # ||F - m||^2
+        l1, l2, mu_ = lambda1[:, None], lambda2[:, None], mu[:, None]
         eps = eps.clamp_min(EPS_FLOOR)
+        phis = [phi0]
         for n in range(self.num_steps):
             e = eps[:, n, None, None]
             H, d = heaviside(phi, e), dirac(phi, e)
             a = H.sum((1, 2))  # (R,)
             fh = torch.einsum("rcij,rij->rc", fc, Ut @ H @ U)  # sum_x (F - m) H
-            c1m = (fh - REGION_KAPPA * m) / (a + REGION_KAPPA)[:, None]
-            c2m = (-fh - REGION_KAPPA * m) / (P - a + REGION_KAPPA)[:, None]
-            w = l1 * c1m - l2 * c2m  # (R, C)
+            _, _, w, const = region_terms(fh, a, m, P, l1, l2)
             fw = U @ torch.einsum("rcij,rc->rij", fc, w) @ Ut  # (F - m) . w: (R, M, M)
-            const = l2 * c2m.square().sum(1, keepdim=True) - l1 * c1m.square().sum(1, keepdim=True)
-            data = (l2 - l1)[:, :, None] * q + 2.0 * fw + const[:, :, None]
             K = curvature(phi[:, None], self.eta)[:, 0]
-            phi = phi + dt[:, n, None, None] * d * (mu_ * K + data)
-        return phi[:, None]
+            flat, _ = level_set_step(phi.reshape(R, P), d.reshape(R, P), K.reshape(R, P), q,
+                                     fw.reshape(R, P), const, l1, l2, mu_, dt[:, n, None])
+            phi = flat.view(R, M, M)
+            phis.append(phi[:, None])
+        return phis
 
     def extra_repr(self) -> str:
         return f"num_steps={self.num_steps}, eta={self.eta}"

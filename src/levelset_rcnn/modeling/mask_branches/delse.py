@@ -12,8 +12,8 @@ two heads are added on the same mask trunk, both :class:`.heads.ChanVeseFeatureH
 * the modulation head, 1 channel, ``g = sigmoid(.)`` in (0, 1), which weights the curvature
   term (DELSE uses a sigmoid too).
 
-One step, on the ``M x M`` (112x112) grid, with the gradients and the curvature of
-:mod:`levelset_rcnn.levelset.functional` (Sobel, replicate padding)::
+One step, on the ``M x M`` (112x112) grid (:func:`levelset_rcnn.levelset.delse_evolve`, with
+the Sobel gradients and the curvature of :mod:`levelset_rcnn.levelset.functional`)::
 
     phi <- phi + dt_n * ( c * g * kappa(phi) * |grad phi|  -  a * v . grad phi )
 
@@ -27,7 +27,7 @@ pixel-valued ``phi`` and adds DRLSE's distance-regularisation term; neither is u
 the truncated TSDF is flat (zero gradient, no motion) outside its band already, and three
 steps do not drift far from a distance function.
 
-Settings (``mask_head_type``):
+Settings (``mask_head_type``; this file is ``"delse"``, :mod:`.delse_hp` the other):
 
 * ``"delse"``: hand-set ``dt_n = dt`` (:data:`DELSE_DT` = 2 px), ``a = 1``, ``c`` =
   :data:`DELSE_CURVATURE` = 0.5, and DELSE's losses: L2 on ``phi_0`` against the TSDF,
@@ -50,23 +50,26 @@ the contours move; outside it the loss is not applied).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from ..levelset.functional import CURVATURE_ETA, curvature, sobel
-from .losses import heaviside_nll
+from ...levelset import delse_evolve, normalise_velocity
+from ...levelset.edge_evolution import VELOCITY_ETA
+from ...levelset.functional import sobel
+from ..heads import ChanVeseFeatureHead, TSDFPredictor
+from ..losses import DEFAULT_TRUNCATION, LOSS_EPS, heaviside_nll
+from .tsdf import TSDFBranch
 
 __all__ = [
     "DELSE_CURVATURE",
     "DELSE_DT",
     "DELSE_HP_INIT",
     "VELOCITY_MARGIN",
+    "DELSEBranch",
     "angular_loss",
     "class_balanced_bce",
-    "delse_evolve",
-    "normalise_velocity",
     "velocity_targets",
 ]
 
@@ -84,62 +87,130 @@ DELSE_HP_INIT: Mapping[str, float] = {"lambda1": 1.0, "lambda2": 1.0, "mu": 1.0,
 #: Velocity targets are used where the TSDF's 3x3 Sobel stencil stays inside the truncation
 #: band: ``|D| < truncation - VELOCITY_MARGIN`` pixels.
 VELOCITY_MARGIN = 2.0
-#: Regulariser of ``|v|`` when normalising predicted velocities (head outputs are O(0.1-1)).
-VELOCITY_ETA = 1e-2
 
 
-def normalise_velocity(v: Tensor, eta: float = VELOCITY_ETA) -> Tensor:
-    """``v / sqrt(|v|^2 + eta^2)`` for ``v: (R, 2, H, W)``: unit length where ``|v| >> eta``,
-    finite (and zero) at ``v = 0``."""
-    return v * torch.rsqrt(v.square().sum(1, keepdim=True) + eta * eta)
-
-
-def delse_evolve(
-    phi: Tensor, velocity: Tensor, modulation: Tensor, dt: Tensor, *,
-    advection: Tensor | float = 1.0, curvature_gain: Tensor | float = DELSE_CURVATURE,
-    eta: float = CURVATURE_ETA,
-) -> Tensor:
-    """Unrolled DELSE evolution (see the module docstring), differentiable in every input.
+class DELSEBranch(TSDFBranch):
+    """DELSE's heads, evolution and losses on the shared initial TSDF (``"delse"``).
 
     Args:
-        phi: ``(R, 1, M, M)`` initial level set ``phi_0``.
-        velocity: ``(R, 2, M, M)`` directions ``(v_x, v_y)`` (normalised by the caller).
-        modulation: ``(R, 1, M, M)`` curvature weights ``g >= 0``.
-        dt: ``(R, N)`` step sizes in pixels (``N`` steps).
-        advection, curvature_gain: ``a`` and ``c``: floats or ``(R,)`` tensors.
-        eta: regulariser of ``|grad phi|`` (flat regions stay finite in value and gradient).
-
-    Returns:
-        ``phi_N: (R, 1, M, M)`` float32 (float64 for float64 inputs), also under autocast.
+        tsdf_predictor: initial TSDF head (as :class:`~.tsdf.TSDFBranch`).
+        velocity_head: ``(R, C_t, 14, 14) -> (R, 2, M, M)`` raw velocities.
+        modulation_head: ``(R, C_t, 14, 14) -> (R, 1, M, M)`` logits of ``g``.
+        num_steps: ``N`` evolution steps.
+        dt: step in pixels of the ``M`` grid (:data:`DELSE_DT`).
+        curvature: curvature gain ``c`` (:data:`DELSE_CURVATURE`).
+        velocity_loss_weight: weight of ``loss_velocity``.
+        resolution, truncation, loss_weights: as :class:`~.tsdf.TSDFBranch`.
+        detach_phi0: Table 4's ablation, as in :class:`~.levelset.LevelSetBranch`.
     """
-    if phi.dim() != 4 or phi.shape[1] != 1:
-        raise ValueError(f"phi must be (R, 1, M, M), got {tuple(phi.shape)}")
-    R = phi.shape[0]
-    if velocity.shape != (R, 2, *phi.shape[2:]):
-        raise ValueError(f"velocity must be (R, 2, M, M) = {(R, 2, *phi.shape[2:])}, got "
-                         f"{tuple(velocity.shape)}")
-    if modulation.shape != phi.shape:
-        raise ValueError(f"modulation must be {tuple(phi.shape)}, got {tuple(modulation.shape)}")
-    if dt.dim() != 2 or dt.shape[0] != R:
-        raise ValueError(f"dt must be (R, N) with R={R}, got {tuple(dt.shape)}")
-    dtype = torch.float64 if phi.dtype == torch.float64 else torch.float32
 
-    def per_roi(x: Tensor | float) -> Tensor | float:
-        return x.to(dtype).view(R, 1, 1, 1) if isinstance(x, Tensor) else float(x)
+    refines_initial_tsdf = True
 
-    with torch.autocast(device_type=phi.device.type, enabled=False):
-        phi = phi.to(dtype)
-        vx, vy = velocity.to(dtype).split(1, dim=1)
-        weight = per_roi(curvature_gain) * modulation.to(dtype)
-        a = per_roi(advection)
-        steps = dt.to(dtype)
-        for n in range(steps.shape[1]):
-            gx, gy = sobel(phi)
-            grad_norm = torch.sqrt(gx * gx + gy * gy + eta * eta)
-            smooth = weight * curvature(phi, eta) * grad_norm
-            advect = vx * gx + vy * gy
-            phi = phi + steps[:, n].view(R, 1, 1, 1) * (smooth - a * advect)
-    return phi
+    def __init__(self, tsdf_predictor: nn.Module, velocity_head: nn.Module,
+                 modulation_head: nn.Module, *, num_steps: int = 3, dt: float = DELSE_DT,
+                 curvature: float = DELSE_CURVATURE, velocity_loss_weight: float = 1.0,
+                 resolution: int = 112, truncation: float = DEFAULT_TRUNCATION,
+                 loss_weights: Sequence[float] = (1.0, 5.0), detach_phi0: bool = False) -> None:
+        super().__init__(tsdf_predictor, resolution=resolution, truncation=truncation,
+                         loss_weights=loss_weights)
+        if not dt > 0:
+            raise ValueError(f"delse_dt must be positive, got {dt}")
+        for name, value in (("delse_curvature", curvature),
+                            ("velocity_loss_weight", velocity_loss_weight)):
+            if not value >= 0:
+                raise ValueError(f"{name} must be non-negative, got {value}")
+        if num_steps < 0:
+            raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+        self.velocity_head = velocity_head
+        self.modulation_head = modulation_head
+        self.num_steps = int(num_steps)
+        self.dt = float(dt)
+        self.curvature = float(curvature)
+        self.velocity_loss_weight = float(velocity_loss_weight)
+        self.detach_phi0 = bool(detach_phi0)
+
+    @staticmethod
+    def make_heads(in_channels: int, *, hidden_channels: int,
+                   resolution: int) -> tuple[nn.Module, nn.Module]:
+        """DELSE's velocity and modulation heads: the Chan-Vese feature head's layout (28x28
+        convolutions, bilinear to ``M``) with 2 and 1 output channels."""
+        velocity = ChanVeseFeatureHead(in_channels, out_channels=2,
+                                       hidden_channels=hidden_channels, out_size=resolution)
+        modulation = ChanVeseFeatureHead(in_channels, out_channels=1,
+                                         hidden_channels=hidden_channels, out_size=resolution)
+        return velocity, modulation
+
+    @classmethod
+    def build(cls, in_channels: int, num_classes: int, *, predictor_channels: int = 256,  # type: ignore[override]
+              class_agnostic: bool = False, num_steps: int = 3, cv_hidden_channels: int = 64,
+              delse_dt: float = DELSE_DT, delse_curvature: float = DELSE_CURVATURE,
+              velocity_loss_weight: float = 1.0, resolution: int = 112,
+              truncation: float = DEFAULT_TRUNCATION,
+              loss_weights: Sequence[float] = (1.0, 5.0),
+              detach_phi0: bool = False) -> DELSEBranch:
+        """The branch with its default heads (``cv_hidden_channels`` wide)."""
+        tsdf = TSDFPredictor(in_channels, num_classes, hidden_channels=predictor_channels,
+                             class_agnostic=class_agnostic)
+        velocity, modulation = cls.make_heads(in_channels, hidden_channels=cv_hidden_channels,
+                                              resolution=resolution)
+        return cls(tsdf, velocity, modulation, num_steps=num_steps, dt=delse_dt,
+                   curvature=delse_curvature, velocity_loss_weight=velocity_loss_weight,
+                   resolution=resolution, truncation=truncation, loss_weights=loss_weights,
+                   detach_phi0=detach_phi0)
+
+    def step_parameters(self, x: Tensor, phi0: Tensor, out: dict[str, Tensor]
+                        ) -> tuple[Tensor, Tensor | float, Tensor | float]:
+        """``(dt (R, N), advection a, curvature gain c)``: DELSE's hand-set values."""
+        dt = phi0.new_full((phi0.shape[0], self.num_steps), self.dt, dtype=torch.float32)
+        return dt, 1.0, self.curvature
+
+    def forward(self, x: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """``phi0, phiN: (R, 1, M, M)``, ``velocity: (R, 2, M, M)`` (raw) and
+        ``modulation: (R, 1, M, M)`` (``g``)."""
+        out = super().forward(x, labels)
+        phi0 = out["phi0"]
+        M = self.resolution
+        velocity = self.velocity_head(x)
+        g = torch.sigmoid(self.modulation_head(x))
+        if velocity.shape[-1] != M or g.shape[-1] != M:
+            raise ValueError(f"velocity / modulation heads must output {M}x{M} maps, got "
+                             f"{tuple(velocity.shape)} / {tuple(g.shape)}")
+        out.update(velocity=velocity, modulation=g)
+        dt, advection, gain = self.step_parameters(x, phi0, out)
+        start = phi0.detach() if self.detach_phi0 else phi0
+        out["phiN"] = delse_evolve(start, normalise_velocity(velocity.float()), g, dt,
+                                   advection=advection, curvature_gain=gain)
+        return out
+
+    def phi_losses(self, phi0: Tensor, phiN: Tensor, mask_t: Tensor,
+                   tsdf_t: Tensor) -> tuple[Tensor, Tensor]:
+        """DELSE's own losses (unweighted): L2 on ``phi_0`` against the TSDF and the
+        class-balanced cross entropy of ``H_0.1(phi_N)``."""
+        init = (phi0.float() - tsdf_t).square().mean() if phi0.numel() else phi0.sum() * 0
+        return init, class_balanced_bce(phiN, mask_t, eps=LOSS_EPS)
+
+    def tsdf_losses(self, out: dict[str, Tensor], mask_t: Tensor,
+                    tsdf_t: Tensor) -> dict[str, Tensor]:
+        """``loss_tsdf_init``, ``loss_tsdf_final`` (:meth:`phi_losses`) and
+        ``loss_velocity``."""
+        w0, wN = self.loss_weights
+        phi0, phiN = out["phi0"][:, 0], out["phiN"][:, 0]
+        init, final = self.phi_losses(phi0, phiN, mask_t, tsdf_t)
+        v_t, valid = velocity_targets(tsdf_t, self.truncation)
+        velocity = angular_loss(out["velocity"], v_t, valid)
+        if phiN.shape[0] == 0:
+            # Keep every head in the graph (DDP) when a batch has no positive RoI.
+            keep = out["modulation"].sum() + out.get("hyper", phiN).sum()
+            final = final + 0.0 * keep
+        return {"loss_tsdf_init": w0 * init, "loss_tsdf_final": wN * final,
+                "loss_velocity": self.velocity_loss_weight * velocity}
+
+    def inference(self, out: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"tsdf": out["phiN"].float(), "tsdf_init": out["phi0"].float()}
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, num_steps={self.num_steps}, dt={self.dt}, "
+                f"curvature={self.curvature}, detach_phi0={self.detach_phi0}")
 
 
 def velocity_targets(tsdf: Tensor, truncation: float, *,

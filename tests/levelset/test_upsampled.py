@@ -4,14 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from levelset_rcnn.levelset import ChanVese
-from levelset_rcnn.modeling.upsampled_cv import (
-    UpsampledChanVese,
-    bilinear_matrix,
-    upsampled_sq_norm,
-)
-
-from .test_model import batch, tiny_model
+from levelset_rcnn.levelset import ChanVese, UpsampledChanVese, bilinear_matrix, upsampled_sq_norm
 
 
 def up(f, M):
@@ -67,22 +60,20 @@ def test_float32_chunks_and_empty():
     assert empty.shape == (0, 1, 112, 112)
 
 
-def test_model_implicit_equals_explicit():
-    implicit = tiny_model().eval()
-    explicit = tiny_model(cv_upsampling="explicit").eval()
-    explicit.load_state_dict(implicit.state_dict())
-    for m in (implicit, explicit):
-        m.roi_heads.score_thresh = 0.0
-        m.return_tsdf = True
-    images, targets = batch((2,))
-    with torch.no_grad():
-        a, b = implicit(images)[0], explicit(images)[0]
-    torch.testing.assert_close(a["tsdf"], b["tsdf"], atol=1e-4, rtol=1e-4)
-    implicit.train()
-    explicit.train()
-    torch.manual_seed(0)
-    la = implicit(images, targets)
-    torch.manual_seed(0)
-    lb = explicit(images, targets)
-    torch.testing.assert_close(la["loss_tsdf_final"], lb["loss_tsdf_final"], atol=1e-4,
-                               rtol=1e-4)
+def test_return_all_equals_core_iterates():
+    torch.manual_seed(1)
+    R, N = 3, 3
+    f = torch.randn(R, 4, 28, 28, dtype=torch.float64)
+    phi0 = up(torch.tanh(torch.randn(R, 1, 28, 28, dtype=torch.float64)), 112)
+    hp = hyper(R, N, torch.float64)
+    core = ChanVese(N)(phi0, up(f, 112), **hp, return_all=True)
+    ours = UpsampledChanVese(N)(phi0, f, **hp, return_all=True)
+    assert len(ours) == len(core) == N + 1
+    torch.testing.assert_close(ours[0], phi0)
+    for a, b in zip(core, ours, strict=True):
+        torch.testing.assert_close(b, a)
+    assert not torch.equal(ours[1], ours[0])
+    torch.testing.assert_close(ours[-1], UpsampledChanVese(N)(phi0, f, **hp))
+    empty = UpsampledChanVese(N)(phi0[:0], f[:0], **{k: v[:0] for k, v in hp.items()},
+                                 return_all=True)
+    assert len(empty) == N + 1 and empty[-1].shape == (0, 1, 112, 112)

@@ -1,0 +1,153 @@
+"""``"levelset"``: the full LevelSet R-CNN mask branch (paper, section 4).
+
+On trunk features ``x: (R, C_t, 14, 14)``::
+
+    phi_0  = up_112(tsdf_predictor(x)[label])        # (R, 1, 112, 112) in [-1, 1]
+    hp     = hyper_head(x)                           # lambda1, lambda2, mu, eps_n, dt_n
+    F      = feature_head(x)                         # (R, C, 112, 112)
+    phi_N  = ChanVese(phi_0, F, hp)                  # N unrolled steps of eq. 7-9
+
+Losses ``loss_tsdf_init`` (weight ``w_0``) on ``phi_0`` and ``loss_tsdf_final`` (``w_N``) on
+``phi_N``; masks ``H_0.1(phi_N)``.
+
+The Chan-Vese module decides how the features are read. With
+:class:`~levelset_rcnn.levelset.UpsampledChanVese` (``cv_upsampling="implicit"``, the default)
+the branch hands it the feature head's low-resolution map (:meth:`~levelset_rcnn.modeling.
+heads.ChanVeseFeatureHead.low_res`) and the 112x112 map is never made (same result to float
+round-off, several times cheaper); with :class:`~levelset_rcnn.levelset.ChanVese`
+(``"explicit"``) it gets ``feature_head(x)`` at 112x112.
+
+``detach_phi0`` (Table 4's ablation): ``phi_N``'s loss does not reach ``phi_0``'s parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from torch import Tensor, nn
+
+from ...levelset import ChanVese, UpsampledChanVese
+from ..heads import (
+    ChanVeseFeatureHead,
+    GlobalHyperParameters,
+    HyperParameterHead,
+    HyperParameters,
+    TSDFPredictor,
+)
+from ..losses import DEFAULT_TRUNCATION, tsdf_loss
+from .tsdf import TSDFBranch
+
+__all__ = ["LevelSetBranch"]
+
+
+class LevelSetBranch(TSDFBranch):
+    """The level-set mask branch.
+
+    Args:
+        tsdf_predictor: initial TSDF head ``(R, C_t, 14, 14) -> (R, K, 28, 28)``.
+        hyper_head: ``(R, C_t, 14, 14) -> (R, 2N + 3)`` hyperparameters in (0, 2).
+        feature_head: Chan-Vese features; with an implicit ``chan_vese`` it needs a
+            ``low_res(x)`` method (:class:`~levelset_rcnn.modeling.heads.ChanVeseFeatureHead`).
+        chan_vese: :class:`~levelset_rcnn.levelset.UpsampledChanVese` (implicit upsampling) or
+            :class:`~levelset_rcnn.levelset.ChanVese`; its ``num_steps`` is ``N``.
+        resolution, truncation, loss_weights: as :class:`~.tsdf.TSDFBranch`.
+        detach_phi0: Table 4 ablation (see the module docstring).
+    """
+
+    refines_initial_tsdf = True
+
+    def __init__(self, tsdf_predictor: nn.Module, hyper_head: nn.Module, feature_head: nn.Module,
+                 chan_vese: ChanVese | UpsampledChanVese, *, resolution: int = 112,
+                 truncation: float = DEFAULT_TRUNCATION,
+                 loss_weights: Sequence[float] = (1.0, 5.0), detach_phi0: bool = False) -> None:
+        super().__init__(tsdf_predictor, resolution=resolution, truncation=truncation,
+                         loss_weights=loss_weights)
+        if not isinstance(chan_vese, ChanVese | UpsampledChanVese):
+            raise TypeError(f"chan_vese must be a ChanVese or UpsampledChanVese, got "
+                            f"{type(chan_vese).__name__}")
+        self.hyper_head = hyper_head
+        self.feature_head = feature_head
+        self.chan_vese = chan_vese
+        self.detach_phi0 = bool(detach_phi0)
+
+    @property
+    def num_steps(self) -> int:
+        return self.chan_vese.num_steps
+
+    @classmethod
+    def build(cls, in_channels: int, num_classes: int, *, predictor_channels: int = 256,  # type: ignore[override]
+              class_agnostic: bool = False, hyperparams: str = "head",
+              hyper_init: Mapping[str, float] | None = None, num_steps: int = 3,
+              cv_channels: int = 64, cv_hidden_channels: int = 64,
+              cv_upsampling: str = "implicit", resolution: int = 112,
+              truncation: float = DEFAULT_TRUNCATION,
+              loss_weights: Sequence[float] = (1.0, 5.0),
+              detach_phi0: bool = False) -> LevelSetBranch:
+        """The branch with the default heads of :mod:`~levelset_rcnn.modeling.heads`.
+
+        Args:
+            in_channels: channels of the mask trunk's output.
+            num_classes: classes including background (one initial TSDF each, unless
+                ``class_agnostic``).
+            predictor_channels: hidden channels of the 28x28 TSDF head.
+            hyperparams: ``"head"`` (per instance, the paper) or ``"global"`` (one learned
+                set, the ablation).
+            hyper_init: initial hyperparameters (:data:`~levelset_rcnn.modeling.heads.
+                DEFAULT_INIT` for what is not given).
+            num_steps: ``N`` unrolled Chan-Vese steps.
+            cv_channels, cv_hidden_channels: ``C`` and the feature head's 28x28 width.
+            cv_upsampling: ``"implicit"`` or ``"explicit"`` (module docstring).
+        """
+        if hyperparams not in ("head", "global"):
+            raise ValueError(f"hyperparams must be 'head' or 'global', got {hyperparams!r}")
+        if cv_upsampling not in ("implicit", "explicit"):
+            raise ValueError(f"cv_upsampling must be implicit or explicit, got "
+                             f"{cv_upsampling!r}")
+        tsdf = TSDFPredictor(in_channels, num_classes, hidden_channels=predictor_channels,
+                             class_agnostic=class_agnostic)
+        hyper = (HyperParameterHead(in_channels, num_steps, init=hyper_init)
+                 if hyperparams == "head" else GlobalHyperParameters(num_steps, init=hyper_init))
+        features = ChanVeseFeatureHead(in_channels, out_channels=cv_channels,
+                                       hidden_channels=cv_hidden_channels, out_size=resolution)
+        cv = UpsampledChanVese(num_steps) if cv_upsampling == "implicit" else ChanVese(num_steps)
+        return cls(tsdf, hyper, features, cv, resolution=resolution, truncation=truncation,
+                   loss_weights=loss_weights, detach_phi0=detach_phi0)
+
+    def forward(self, x: Tensor, labels: Tensor, *,
+                return_all: bool = False) -> dict[str, Tensor]:
+        """``phi0, phiN: (R, 1, M, M)``, ``hyper: (R, 2N + 3)`` and ``features`` (the map the
+        Chan-Vese module reads); with ``return_all`` also ``phis``, the list
+        ``[phi_0, ..., phi_N]`` (for figures)."""
+        out = super().forward(x, labels)
+        raw = self.hyper_head(x)
+        hp = HyperParameters.from_raw(raw, self.num_steps)
+        if isinstance(self.chan_vese, UpsampledChanVese):
+            features = self.feature_head.low_res(x)  # upsampled implicitly
+        else:
+            features = self.feature_head(x)
+        phi0 = out["phi0"]
+        start = phi0.detach() if self.detach_phi0 else phi0
+        phis = self.chan_vese(start, features, lambda1=hp.lambda1, lambda2=hp.lambda2, mu=hp.mu,
+                              eps=hp.eps, dt=hp.dt, return_all=return_all)
+        if return_all:
+            out["phis"] = list(phis)
+            phis = phis[-1]
+        out.update(phiN=phis, hyper=raw, features=features)
+        return out
+
+    def tsdf_losses(self, out: dict[str, Tensor], mask_t: Tensor,
+                    tsdf_t: Tensor) -> dict[str, Tensor]:
+        """``loss_tsdf_init`` and ``loss_tsdf_final``."""
+        losses = super().tsdf_losses(out, mask_t, tsdf_t)
+        final = tsdf_loss(out["phiN"][:, 0], tsdf_t, mask_t)
+        if out["phiN"].shape[0] == 0:
+            # Keep every head in the graph (DDP) when a batch has no positive RoI.
+            final = final + 0.0 * (out["hyper"].sum() + out["features"].sum())
+        losses["loss_tsdf_final"] = self.loss_weights[1] * final
+        return losses
+
+    def inference(self, out: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"tsdf": out["phiN"].float(), "tsdf_init": out["phi0"].float()}
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, detach_phi0={self.detach_phi0}"
