@@ -143,21 +143,35 @@ def test_gradients_reach_every_head():
                 assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname}"
 
 
+@pytest.mark.parametrize("variant", ["levelset", "delse", "delse_hp"])
 @pytest.mark.parametrize("detach", [False, True])
-def test_detach_phi0_blocks_phiN_gradient_to_tsdf_head(detach):
-    model = tiny_model(detach_phi0=detach).train()
+def test_detach_phi0_blocks_phiN_gradient_upstream_of_phi0(detach, variant):
+    """Table 4: with detach_phi0 the phi_N loss gives exactly zero gradient to every
+    mask-branch parameter phi_0 depends on (the TSDF head and the shared trunk), and still
+    trains the heads that only the evolution uses."""
+    model = tiny_model(detach_phi0=detach, mask_head_type=variant).train()
     images, targets = batch((3,))
     losses = model(images, targets)
     losses["loss_tsdf_final"].backward()
-    rh = model.roi_heads.mask_branch
-    tsdf_grad = sum(p.grad.abs().sum() for p in rh.tsdf_predictor.parameters()
-                    if p.grad is not None)
-    feat_grad = sum(p.grad.abs().sum() for p in rh.feature_head.parameters())
-    assert feat_grad > 0
-    if detach:
-        assert tsdf_grad == 0
-    else:
-        assert tsdf_grad > 0
+    rh, mb = model.roi_heads, model.roi_heads.mask_branch
+
+    def grad(module):
+        return sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
+
+    upstream = [mb.tsdf_predictor, rh.mask_head]
+    evolution = [m for m in (getattr(mb, n, None) for n in ("hyper_head", "feature_head",
+                                                            "velocity_head"))
+                 if m is not None]
+    assert evolution and all(grad(m) > 0 for m in evolution)
+    for m in upstream:
+        if detach:
+            assert all(p.grad is None or not p.grad.any() for p in m.parameters())
+        else:
+            assert grad(m) > 0
+    # phi_0's own loss still trains the trunk and the TSDF head
+    model.zero_grad()
+    model(images, targets)["loss_tsdf_init"].backward()
+    assert all(grad(m) > 0 for m in upstream)
 
 
 @pytest.mark.parametrize(

@@ -170,13 +170,14 @@ class DELSEBranch(TSDFBranch):
         out = super().forward(x, labels)
         phi0 = out["phi0"]
         M = self.resolution
-        velocity = self.velocity_head(x)
-        g = torch.sigmoid(self.modulation_head(x))
+        xc = x.detach() if self.detach_phi0 else x  # as LevelSetBranch's detach_phi0
+        velocity = self.velocity_head(xc)
+        g = torch.sigmoid(self.modulation_head(xc))
         if velocity.shape[-1] != M or g.shape[-1] != M:
             raise ValueError(f"velocity / modulation heads must output {M}x{M} maps, got "
                              f"{tuple(velocity.shape)} / {tuple(g.shape)}")
         out.update(velocity=velocity, modulation=g)
-        dt, advection, gain = self.step_parameters(x, phi0, out)
+        dt, advection, gain = self.step_parameters(xc, phi0, out)
         start = phi0.detach() if self.detach_phi0 else phi0
         out["phiN"] = delse_evolve(start, normalise_velocity(velocity.float()), g, dt,
                                    advection=advection, curvature_gain=gain)

@@ -17,7 +17,12 @@ heads.ChanVeseFeatureHead.low_res`) and the 112x112 map is never made (same resu
 round-off, several times cheaper); with :class:`~levelset_rcnn.levelset.ChanVese`
 (``"explicit"``) it gets ``feature_head(x)`` at 112x112.
 
-``detach_phi0`` (Table 4's ablation): ``phi_N``'s loss does not reach ``phi_0``'s parameters.
+``detach_phi0`` (Table 4's ablation, "phi_0 does not take supervision from phi_N"):
+``phi_N``'s loss reaches no parameter that ``phi_0`` depends on, neither the TSDF head nor the
+shared mask trunk (nor, through it, the backbone): the evolution starts from
+``phi_0.detach()`` and the hyperparameter and feature heads read the trunk's features
+detached. Those two heads still learn from ``phi_N``; ``phi_0`` learns from its own loss only.
+Detaching costs nothing at run time.
 """
 
 from __future__ import annotations
@@ -119,12 +124,15 @@ class LevelSetBranch(TSDFBranch):
         Chan-Vese module reads); with ``return_all`` also ``phis``, the list
         ``[phi_0, ..., phi_N]`` (for figures)."""
         out = super().forward(x, labels)
-        raw = self.hyper_head(x)
+        # detach_phi0: the Chan-Vese heads read the trunk's features but send phi_N's gradient
+        # no further, so nothing phi_0 depends on learns from phi_N.
+        xc = x.detach() if self.detach_phi0 else x
+        raw = self.hyper_head(xc)
         hp = HyperParameters.from_raw(raw, self.num_steps)
         if isinstance(self.chan_vese, UpsampledChanVese):
-            features = self.feature_head.low_res(x)  # upsampled implicitly
+            features = self.feature_head.low_res(xc)  # upsampled implicitly
         else:
-            features = self.feature_head(x)
+            features = self.feature_head(xc)
         phi0 = out["phi0"]
         start = phi0.detach() if self.detach_phi0 else phi0
         phis = self.chan_vese(start, features, lambda1=hp.lambda1, lambda2=hp.lambda2, mu=hp.mu,
