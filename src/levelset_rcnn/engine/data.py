@@ -8,12 +8,19 @@ consecutive slices, the incomplete last batch of an epoch is dropped. Iteration 
 therefore batch ``i mod B`` of epoch ``i div B`` and the stream restarts at any iteration.
 Random augmentations are reseeded per sample from ``(seed, epoch, index)``, so they too do
 not depend on worker processes or on where a run was resumed.
+
+With aspect-ratio grouping (``data.aspect_ratio_grouping``, for datasets that mix portrait and
+landscape images) an epoch's batches are those :class:`~levelset_rcnn.data.GroupedBatchSampler`
+forms from this rank's share, in the order they fill, cut to a count that every permutation
+reaches; a dataset whose images are all of one orientation (the synthetic data: square) is
+batched exactly as without grouping.
 """
 
 from __future__ import annotations
 
+import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +32,11 @@ from ..config import Config, ConfigError
 from ..data import (
     CocoInstanceDataset,
     Compose,
+    GroupedBatchSampler,
     RandomHorizontalFlip,
+    aspect_ratio_groups,
     collate_fn,
+    get_aspect_ratios,
     make_synthetic_coco,
     synthetic_image_dir,
 )
@@ -34,19 +44,49 @@ from ..data import (
 __all__ = ["ResumableBatchSampler", "SeededDataset", "build_datasets", "build_train_loader",
            "build_val_loader", "dataset_paths"]
 
+logger = logging.getLogger(__name__)
+
 
 class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Infinite per-rank batches of ``(index, sample_seed)`` starting at ``start_iter``."""
+    """Infinite per-rank batches of ``(index, sample_seed)`` starting at ``start_iter``.
+
+    ``group_ids`` (one per item, e.g. :func:`~levelset_rcnn.data.aspect_ratio_groups`): every
+    batch holds items of one group. Each epoch then has the number of full one-group batches
+    that any split of this rank's share into the groups gives (at most ``groups * (batch_size
+    - 1)`` items of an epoch wait for the next permutation), so the order is still a
+    function of the iteration alone and every rank runs as many batches. With a single group
+    (or none given) batches are consecutive slices of the share, as without grouping.
+    """
 
     def __init__(self, num_items: int, batch_size: int, *, seed: int, rank: int = 0,
-                 world_size: int = 1, start_iter: int = 0) -> None:
+                 world_size: int = 1, start_iter: int = 0,
+                 group_ids: Sequence[int] | None = None) -> None:
         if num_items < 1:
             raise ValueError("the training set is empty")
+        if group_ids is not None and len(group_ids) != num_items:
+            raise ValueError(f"{len(group_ids)} group ids for {num_items} items")
         self.num_items, self.batch_size = num_items, batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.start_iter = start_iter
         per_rank = -(-num_items // world_size)
         self.batches_per_epoch = max(1, per_rank // batch_size)
+        self.group_ids: list[int] | None = None
+        groups = len(set(group_ids)) if group_ids is not None else 1
+        if groups > 1:
+            n = max(per_rank, batch_size)  # the share's length (tiny sets are repeated)
+            # Fewest full batches over all splits of n items into the groups: the leftovers
+            # (< batch_size in each group) total at most groups * (batch_size - 1) and are
+            # congruent to n modulo batch_size.
+            waiting = groups * (batch_size - 1) - n % batch_size
+            full = n // batch_size - waiting // batch_size
+            if full >= 1:
+                self.group_ids = list(group_ids)  # type: ignore[arg-type]
+                self.batches_per_epoch = full
+            else:
+                logger.warning("%d images per process are too few to batch %d at a time by "
+                               "aspect ratio (%d groups); batches mix them", n, batch_size,
+                               groups)
+        self._epoch_batches: tuple[int, list[list[int]]] | None = None
 
     def epoch_indices(self, epoch: int) -> list[int]:
         """This rank's share of epoch ``epoch``'s permutation."""
@@ -59,9 +99,20 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
             mine = (mine * (-(-self.batch_size // len(mine))))[:self.batch_size]
         return mine
 
+    def grouped_batches(self, epoch: int) -> list[list[int]]:
+        """This rank's one-group batches of epoch ``epoch``, in the order they fill."""
+        if self._epoch_batches is None or self._epoch_batches[0] != epoch:
+            batches = GroupedBatchSampler(self.epoch_indices(epoch), self.group_ids or [],
+                                          self.batch_size, drop_last=True)
+            self._epoch_batches = (epoch, list(batches)[:self.batches_per_epoch])
+        return self._epoch_batches[1]
+
     def batch(self, iteration: int) -> list[tuple[int, int]]:
         epoch, b = divmod(iteration, self.batches_per_epoch)
-        idx = self.epoch_indices(epoch)[b * self.batch_size:(b + 1) * self.batch_size]
+        if self.group_ids is None:
+            idx = self.epoch_indices(epoch)[b * self.batch_size:(b + 1) * self.batch_size]
+        else:
+            idx = self.grouped_batches(epoch)[b]
         return [(i, _sample_seed(self.seed, epoch, i)) for i in idx]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
@@ -159,10 +210,16 @@ def base_dataset(ds: Dataset) -> CocoInstanceDataset:
 
 
 def build_train_loader(dataset: Dataset, *, batch_size: int, seed: int, rank: int,
-                       world_size: int, start_iter: int, num_workers: int) -> DataLoader:
-    """Infinite loader of per-rank batches from iteration ``start_iter`` on."""
+                       world_size: int, start_iter: int, num_workers: int,
+                       aspect_ratio_grouping: bool = False) -> DataLoader:
+    """Infinite loader of per-rank batches from iteration ``start_iter`` on; with
+    ``aspect_ratio_grouping`` a batch never mixes portrait and landscape images (the ratios
+    come from the annotation file: ``dataset`` is a :class:`CocoInstanceDataset` or a
+    ``Subset`` of one)."""
+    groups = aspect_ratio_groups(get_aspect_ratios(dataset)) if aspect_ratio_grouping else None
     sampler = ResumableBatchSampler(len(dataset), batch_size, seed=seed, rank=rank,  # type: ignore[arg-type]
-                                    world_size=world_size, start_iter=start_iter)
+                                    world_size=world_size, start_iter=start_iter,
+                                    group_ids=groups)
     return DataLoader(SeededDataset(dataset), batch_sampler=sampler, collate_fn=collate_fn,
                       num_workers=num_workers, generator=torch.Generator().manual_seed(seed),
                       persistent_workers=False)

@@ -183,7 +183,8 @@ class Trainer:
         loader = build_train_loader(
             self.datasets["train"], batch_size=self.batch_size, seed=cfg.train.seed,
             rank=self.rank, world_size=self.world_size, start_iter=self.start_iter,
-            num_workers=cfg.data.num_workers)
+            num_workers=cfg.data.num_workers,
+            aspect_ratio_grouping=cfg.data.aspect_ratio_grouping)
         stream = iter(loader)
         self.model.train()
         bar = tqdm(total=max_iter, initial=self.start_iter, desc="train", unit="it",
