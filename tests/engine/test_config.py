@@ -9,7 +9,7 @@ import pytest
 
 from levelset_rcnn.config import ConfigError, find_recipe, load_config, recipe_names
 
-SHIPPED = ["cityscapes_r50", "coco_r50", "dsb2018_cpu", "synthetic_cpu"]
+SHIPPED = ["cityscapes_r50", "cityscapes_r50_coco", "coco_r50", "dsb2018_cpu", "synthetic_cpu"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -121,3 +121,26 @@ def test_every_model_head_type_is_accepted_by_the_config() -> None:
 
     for head in MASK_BRANCHES:
         assert load_config(None, [f"model.mask_head_type={head}"]).model.mask_head_type == head
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_each_recipe_sets_its_loss_weights_and_paper_recipes_name_their_table(name: str) -> None:
+    import yaml
+
+    text = find_recipe(name).read_text()
+    assert "loss_weights" in yaml.safe_load(text)["model"]  # not the builder's default
+    if not name.endswith("_cpu"):
+        header = "".join(line for line in text.splitlines(True) if line.startswith("#"))
+        assert "Table" in header, f"{name}: the header names no table of the paper"
+
+
+def test_paper_recipes_follow_the_paper() -> None:
+    fine = load_config("cityscapes_r50").model
+    assert fine.weights is None and fine.weights_backbone == "IMAGENET1K_V1"  # fine-only
+    assert fine.loss_weights == [1.0, 5.0]
+    coco_ft = load_config("cityscapes_r50_coco")
+    assert coco_ft.model.weights == "DEFAULT"  # torchvision's COCO Mask R-CNN
+    assert (coco_ft.solver.max_iter, coco_ft.solver.steps) == (6000, [4000])
+    coco = load_config("coco_r50").model
+    assert coco.min_size == [800]  # "without multi-scaling"
+    assert coco.weights_backbone == "IMAGENET1K_V1" and coco.loss_weights == [0.2, 1.0]
