@@ -41,3 +41,24 @@ def test_tsdf_loss_empty_is_zero_and_differentiable():
     loss = tsdf_loss(phi, phi.detach(), phi.detach())
     assert loss.item() == 0
     loss.backward()
+
+
+def test_project_masks_averages_each_bin_on_large_boxes():
+    """A 448 px box on a 112 grid: every bin covers 4x4 pixels, and the projection is their
+    mean (the box filter), so a 1-2 px line is neither lost nor doubled by where the single
+    sample of a bin would fall. One sample per bin (the old setting) aliases it."""
+    import numpy as np
+    from torchvision.ops import roi_align
+
+    g = torch.Generator().manual_seed(0)
+    mask = torch.zeros(1, 460, 460)
+    mask[0, 10:458, 100:102] = 1  # a 2 px vertical line
+    mask[0, 200:201, 10:458] = 1  # a 1 px horizontal line
+    mask[0, 50:300, 250:400] = (torch.rand(250, 150, generator=g) > 0.5).float()
+    box = torch.tensor([[10.0, 10.0, 458.0, 458.0]])
+    got = project_masks(mask, box, torch.zeros(1, dtype=torch.int64), 112)[0]
+    want = mask[0, 10:458, 10:458].numpy().reshape(112, 4, 112, 4).mean(axis=(1, 3))
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-6)
+    one = roi_align(mask[:, None], torch.cat([torch.zeros(1, 1), box], 1), (112, 112), 1.0, 1,
+                    aligned=True)[0, 0]
+    assert (one - torch.from_numpy(want)).abs().max() > 0.4  # aliased

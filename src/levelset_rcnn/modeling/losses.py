@@ -43,7 +43,9 @@ def project_masks(gt_masks: Tensor, boxes: Tensor, matched_idxs: Tensor, size: i
         size: output side ``M``.
 
     Returns:
-        ``(R, M, M)`` float in [0, 1] (RoIAlign, bilinear, one sample per bin).
+        ``(R, M, M)`` float in [0, 1] (RoIAlign, bilinear, with adaptive sampling as
+        torchvision's own projection: ``ceil(box side / M)`` samples per bin and axis, so a
+        bin is the mean of the pixels it covers and thin parts of large boxes do not alias).
 
     Unlike torchvision's ``project_masks_on_boxes`` this uses ``aligned=True``: target pixel
     ``i`` of a box ``[x0, x1]`` samples the image at ``x0 + (i + 0.5) (x1 - x0) / M`` (pixel
@@ -54,7 +56,8 @@ def project_masks(gt_masks: Tensor, boxes: Tensor, matched_idxs: Tensor, size: i
     if boxes.shape[0] == 0:
         return boxes.new_zeros((0, size, size))
     rois = torch.cat([matched_idxs.to(boxes)[:, None], boxes], dim=1)
-    return roi_align(gt_masks[:, None].to(rois), rois, (size, size), 1.0, 1, aligned=True)[:, 0]
+    return roi_align(gt_masks[:, None].to(rois), rois, (size, size), 1.0, -1,
+                     aligned=True)[:, 0]
 
 
 def levelset_targets(
