@@ -9,13 +9,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection.roi_heads import paste_masks_in_image
 from tqdm import tqdm
 
 from ..comm import is_main_process, unwrap
 from ..config import ConfigError, EvalConfig
 from ..evaluation import CityscapesEvaluator, COCOEvaluator, DatasetEvaluator, LVISEvaluator
 from ..modeling import mask_probabilities
+from ..modeling.transform import paste_masks
 from ..modeling.tta import TTAWrapper
 
 __all__ = ["add_phi0_masks", "build_evaluator", "evaluate_model", "has_phi0", "make_evaluator",
@@ -28,20 +28,29 @@ def has_phi0(model: nn.Module) -> bool:
     return bool(getattr(unwrap(model), "refines_initial_tsdf", False))
 
 
-def add_phi0_masks(output: dict[str, Any]) -> dict[str, Any]:
-    """Add ``masks_phi0``: the mask probabilities of ``phi_0`` pasted into the image exactly as
-    ``masks`` is.
+def add_phi0_masks(output: dict[str, Any], *, mode: str = "exact") -> dict[str, Any]:
+    """Add ``masks_phi0``: the mask probabilities of ``phi_0`` pasted into the image as the
+    model pastes ``masks`` (``mode``: its ``transform.mask_paste``, see
+    :func:`~levelset_rcnn.modeling.transform.paste_masks`).
 
     Needs ``tsdf_init: (K, 1, M, M)`` (``model(images, return_tsdf=True)``); boxes are in
     original image coordinates, the image size is read from ``masks: (K, 1, H, W)``.
     """
     h, w = output["masks"].shape[-2:]
-    probs = mask_probabilities(output["tsdf_init"])
-    if len(probs):
-        output["masks_phi0"] = paste_masks_in_image(probs, output["boxes"], (h, w))
+    phi0 = output["tsdf_init"]
+    if len(phi0):
+        output["masks_phi0"] = paste_masks(
+            {"masks": mask_probabilities(phi0), "tsdf": phi0}, output["boxes"], (h, w),
+            mode=mode)
     else:
         output["masks_phi0"] = output["masks"].new_zeros((0, 1, h, w))
     return output
+
+
+def _paste_mode(model: nn.Module) -> str:
+    """The mask pasting of a model (or of the model inside a TTA wrapper)."""
+    inner = getattr(model, "model", model)
+    return getattr(getattr(inner, "transform", None), "mask_paste", "torchvision")
 
 
 def tta_kwargs(cfg: EvalConfig) -> dict[str, Any]:
@@ -86,7 +95,7 @@ def predict_batch(model: nn.Module, images: Iterable[Tensor], device: torch.devi
     for o in outs:
         o = {k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in o.items()}
         if level and phi0:
-            add_phi0_masks(o)
+            add_phi0_masks(o, mode=_paste_mode(m))
         results.append(o)
     return results
 

@@ -202,6 +202,7 @@ def levelset_rcnn(
     mask_layers: Sequence[int] = (256, 256, 256, 256),
     mask_head_type: str = "levelset",
     mask_branch: MaskBranch | None = None,
+    mask_paste: str | None = None,
     progress: bool = True,
     **kwargs: Any,
 ) -> LevelSetRCNN:
@@ -229,6 +230,9 @@ def levelset_rcnn(
             full model), ``"tsdf"`` (Mask R-CNN on a TSDF target), ``"binary"`` (Mask R-CNN),
             or Table 3's ``"lsloss"``, ``"delse"``, ``"delse_hp"``.
         mask_branch: a ready mask branch instead (its settings are then not accepted).
+        mask_paste: ``"exact"`` (float box geometry) or ``"torchvision"`` mask pasting;
+            ``None``: exact for level-set branches, torchvision's for binary ones
+            (:mod:`~levelset_rcnn.modeling.transform`).
         **kwargs: the settings of the mask branches (:func:`mask_branch_settings`:
             ``num_steps``, ``cv_channels``, ``truncation``, ``loss_weights``, ``detach_phi0``,
             ``mask_resolution``, ...) and torchvision ``FasterRCNN`` keywords
@@ -292,7 +296,7 @@ def levelset_rcnn(
         mask_branch = _build_branch(mask_head_type, mask_layers[-1], num_classes, branch_kw)
     mask_roi_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=14, sampling_ratio=2)
     model = LevelSetRCNN(body, None, mask_branch=mask_branch, mask_roi_pool=mask_roi_pool,
-                         mask_head=trunk, **detector_kw)
+                         mask_head=trunk, mask_paste=mask_paste, **detector_kw)
     model.load_report = None
     if weights is not None:
         model.load_report = load_maskrcnn_weights(model, weights, progress=progress)

@@ -21,6 +21,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from .mask_branches import MaskBranch
 from .roi_heads import LevelSetRoIHeads
+from .transform import LevelSetTransform
 
 __all__ = ["LevelSetRCNN", "validate_inputs"]
 
@@ -76,6 +77,10 @@ class LevelSetRCNN(MaskRCNN):
         mask_roi_pool: RoIAlign of the mask branch (default: 14x14 on FPN levels 0-3).
         mask_head: the mask trunk (default: Mask R-CNN's, four 3x3 convs of 256). It must keep
             the 14x14 size and output the channels the branch was built for.
+        mask_paste: how masks are pasted into the image (:mod:`.transform`): ``"exact"``
+            (float box geometry; level sets pasted before ``H``) or ``"torchvision"``
+            (``paste_masks_in_image``); ``None``: exact for branches with level sets,
+            torchvision's for binary ones.
         **kwargs: torchvision ``FasterRCNN`` arguments (``min_size``, ``max_size``, RPN and box
             settings and parts).
 
@@ -90,10 +95,15 @@ class LevelSetRCNN(MaskRCNN):
         mask_branch: MaskBranch | None,
         mask_roi_pool: nn.Module | None = None,
         mask_head: nn.Module | None = None,
+        mask_paste: str | None = None,
         **kwargs: Any,
     ) -> None:
         # MaskRCNN.__init__ would build its own 28x28 predictor; build the box branch only.
         FasterRCNN.__init__(self, backbone, num_classes, **kwargs)
+        if mask_paste is None:
+            level = getattr(mask_branch, "predicts_level_sets", False)
+            mask_paste = "exact" if level else "torchvision"
+        self.transform = LevelSetTransform.like(self.transform, mask_paste=mask_paste)
         if mask_roi_pool is None:
             mask_roi_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=14,
                                                sampling_ratio=2)

@@ -15,9 +15,9 @@ the model's own transform at that shorter edge (the longer edge capped at ``max_
    flipped back horizontally (flipping a box flips its RoI grid), and the branch's inference
    maps are averaged over the views: ``phi_N`` and ``phi_0`` for level-set branches, mask
    probabilities for binary ones;
-4. masks come from the averaged maps as in the model
-   (:func:`~levelset_rcnn.modeling.mask_branches.masks_from_maps`: ``H_0.1(mean phi_N)``), pasted
-   into the image as torchvision pastes them.
+4. masks come from the averaged maps as in the model (``H_0.1(mean phi_N)``), pasted into the
+   image as the model pastes them (:func:`~levelset_rcnn.modeling.transform.paste_masks`,
+   the model's ``transform.mask_paste``).
 
 The output is the model's own dict per image: ``boxes, labels, scores, masks (K, 1, H, W)``,
 plus ``tsdf`` / ``tsdf_init`` (the averaged level sets in RoI coordinates) with
@@ -36,11 +36,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import batched_nms
 
 from .mask_branches import masks_from_maps
+from .transform import paste_masks
 
 __all__ = ["TTAView", "TTAWrapper", "hflip_boxes"]
 
@@ -204,12 +204,15 @@ class TTAWrapper(nn.Module):
                 total[k] = total[k] + v if k in total else v
         mean = {k: v / len(runs) for k, v in total.items()}
         counts = [len(d["boxes"]) for d in merged]
+        per_image = {k: v.split(counts) for k, v in mean.items()}
         probs = masks_from_maps(mean).split(counts)
-        extras = {k: mean[k].split(counts) for k in ("tsdf", "tsdf_init")} if return_tsdf else {}
+        mode = getattr(m.transform, "mask_paste", "torchvision")
         results = []
         for i, (d, s, p) in enumerate(zip(merged, sizes, probs, strict=True)):
             r: dict[str, Any] = dict(d)
-            r["masks"] = paste_masks_in_image(p, d["boxes"], s)
-            r.update({k: v[i] for k, v in extras.items()})
+            maps = {k: v[i] for k, v in per_image.items()}
+            r["masks"] = paste_masks({**maps, "masks": p}, d["boxes"], s, mode=mode)
+            if return_tsdf:
+                r.update(tsdf=maps["tsdf"], tsdf_init=maps["tsdf_init"])
             results.append(r)
         return results
