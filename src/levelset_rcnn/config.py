@@ -61,6 +61,8 @@ class ModelConfig:
     # Box head and mask trunk widths.
     box_representation_size: int = 1024
     mask_layers: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
+    mask_paste: str | None = None        # exact | torchvision; None: exact for level sets,
+    #                                      torchvision's for binary masks
     # The mask branch and its settings.
     mask_head_type: str = "levelset"     # levelset | tsdf | binary | lsloss | delse | delse_hp
     #                                      (binary whatever it says for arch mask_rcnn)
@@ -366,6 +368,9 @@ def validate(cfg: Config) -> None:
     if cfg.model.arch == "levelset_rcnn" and cfg.model.mask_head_type not in heads:
         raise ConfigError(f"model.mask_head_type must be one of {', '.join(heads)}, got "
                           f"{cfg.model.mask_head_type!r}")
+    if cfg.model.mask_paste not in (None, "exact", "torchvision"):
+        raise ConfigError(f"model.mask_paste must be exact or torchvision, got "
+                          f"{cfg.model.mask_paste!r}")
     if len(cfg.model.loss_weights) != 2:
         raise ConfigError("model.loss_weights must be two numbers (w_0, w_N)")
     if cfg.solver.max_iter < 0 or cfg.solver.ims_per_batch < 1:

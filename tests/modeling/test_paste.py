@@ -86,8 +86,9 @@ def test_the_pasted_zero_level_set_is_the_polygon(mode, limit):
 
 
 def test_exact_paste_is_the_default_for_level_sets_and_an_option_for_binary():
-    from .common import tiny_kwargs
     from levelset_rcnn.modeling import levelset_rcnn, mask_rcnn
+
+    from .common import tiny_kwargs
 
     assert levelset_rcnn(**tiny_kwargs()).transform.mask_paste == "exact"
     assert mask_rcnn(**tiny_kwargs()).transform.mask_paste == "torchvision"
