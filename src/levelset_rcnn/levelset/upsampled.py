@@ -128,7 +128,10 @@ class UpsampledChanVese(nn.Module):
                              f"f {tuple(f.shape)}")
         dtype = torch.float64 if torch.float64 in (phi0.dtype, f.dtype) else torch.float32
         with torch.autocast(device_type=phi0.device.type, enabled=False):
-            if R == 0 or self.num_steps == 0:
+            # Traced (ONNX / TorchScript export): one chunk and no R == 0 shortcut, so that the
+            # graph holds for any number of RoIs.
+            tracing = torch.jit.is_tracing()
+            if self.num_steps == 0 or (R == 0 and not tracing):
                 phi = phi0.to(dtype)
                 return [phi] * (self.num_steps + 1) if return_all else phi
             U = bilinear_matrix(f.shape[-1], M, device=f.device, dtype=dtype)  # (M, s), tiny
@@ -136,7 +139,7 @@ class UpsampledChanVese(nn.Module):
             # RoIs are independent: the core layer's chunking policy (cache-sized on the CPU).
             parts = [
                 self._evolve(*(t[sl] for t in args), U=U)
-                for sl in roi_chunks(R, M * M, phi0.device)
+                for sl in ([slice(None)] if tracing else roi_chunks(R, M * M, phi0.device))
             ]
         steps = [torch.cat(p) if len(p) > 1 else p[0] for p in zip(*parts, strict=True)]
         return steps if return_all else steps[-1]

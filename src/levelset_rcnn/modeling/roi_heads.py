@@ -152,7 +152,7 @@ class LevelSetRoIHeads(RoIHeads):
             return result, losses
 
         maps = self.mask_maps(features, boxes, image_shapes, det_labels)
-        counts = [len(b) for b in boxes]
+        counts = [b.shape[0] for b in boxes]  # sizes, not ints, under tracing (export)
         per_image = {k: v.split(counts) for k, v in maps.items()}
         for i, (r, m) in enumerate(zip(result, masks_from_maps(maps).split(counts),
                                        strict=True)):
