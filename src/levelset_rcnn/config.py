@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Config", "ConfigError", "DataConfig", "EvalConfig", "ModelConfig", "SolverConfig",
            "TrainConfig", "load_config", "apply_overrides", "config_from_dict", "find_recipe",
-           "recipe_names"]
+           "recipe_names", "FREEZABLE_PARTS"]
 
 
 class ConfigError(ValueError):
@@ -157,6 +157,18 @@ class TrainConfig:
     log_period: int = 20
     eval_period: int = 0                 # 0: evaluate only at the end
     eval_at_end: bool = True
+    # Frozen-detector training (engine/freeze.py; README "Put level-set masks on your Mask
+    # R-CNN"): init_from loads every matching tensor of a train output (model_final.pth /
+    # checkpoint_last.pth) or a torchvision Mask R-CNN state-dict file before training (not
+    # on --resume); freeze names parts of FREEZABLE_PARTS that keep their weights (no
+    # gradients, eval mode): backbone (body + FPN), rpn, box_head (box head + predictor),
+    # mask_trunk.
+    init_from: str | None = None
+    freeze: list[str] = field(default_factory=list)
+
+
+#: The names ``train.freeze`` takes (the modules each covers: ``engine.freeze.PARTS``).
+FREEZABLE_PARTS = ("backbone", "rpn", "box_head", "mask_trunk")
 
 
 @dataclass
@@ -164,7 +176,9 @@ class EvalConfig:
     """Evaluation settings: COCO AP + AF1/AF2 (``coco``), the official Cityscapes AP / AP50
     (``cityscapes``) or LVIS AP* (``lvis``); optional test-time augmentation."""
 
-    boundary: bool = True
+    boundary: bool = True                # AF1 / AF2 (the paper's boundary metric)
+    boundary_mode: str = "davis"         # davis (the paper's, DAVIS's seg2bmap) | inner
+    boundary_ap: bool = True             # Boundary AP (Cheng et al. 2021, faster-coco-eval)
     mask_threshold: float = 0.5
     max_dets: int = 100
     max_images: int | None = None
@@ -379,6 +393,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"solver.steps must increase, got {cfg.solver.steps}")
     if cfg.train.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"train.device must be auto, cpu or cuda, got {cfg.train.device!r}")
+    if cfg.eval.boundary_mode not in ("davis", "inner"):
+        raise ConfigError(f"eval.boundary_mode must be davis or inner, got "
+                          f"{cfg.eval.boundary_mode!r}")
     if cfg.eval.evaluator not in ("coco", "cityscapes", "lvis"):
         raise ConfigError(f"eval.evaluator must be coco, cityscapes or lvis, got "
                           f"{cfg.eval.evaluator!r}")
@@ -394,3 +411,7 @@ def validate(cfg: Config) -> None:
                           f"{cfg.eval.tta_min_sizes}")
     if cfg.train.checkpoint_period < 1:
         raise ConfigError("train.checkpoint_period must be >= 1")
+    unknown = [p for p in cfg.train.freeze if p not in FREEZABLE_PARTS]
+    if unknown:
+        raise ConfigError(f"train.freeze: unknown part(s) {', '.join(map(repr, unknown))} "
+                          f"(valid: {', '.join(FREEZABLE_PARTS)})")

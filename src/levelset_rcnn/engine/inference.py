@@ -121,15 +121,19 @@ def evaluate_model(model: nn.Module, loader: Iterable, evaluator: DatasetEvaluat
 
 
 def make_evaluator(dataset: Any, model: nn.Module, *, boundary: bool = True,
+                   boundary_mode: str = "davis", boundary_ap: bool = True,
                    mask_threshold: float = 0.5, max_dets: int = 100) -> COCOEvaluator:
     """A :class:`COCOEvaluator` for ``dataset`` with ``masks`` (phi_N / Mask R-CNN) and, for
-    LevelSet R-CNN, ``masks_phi0``."""
+    LevelSet R-CNN, ``masks_phi0`` (AF1 / AF2 on ``boundary_mode``'s boundary, Boundary AP
+    when ``boundary_ap``)."""
     from .data import base_dataset
 
     base = base_dataset(dataset)
     keys = ("masks", "masks_phi0") if has_phi0(model) else ("masks",)
     return COCOEvaluator(base.coco, label_to_cat_id=base.label_to_cat_id, mask_keys=keys,
-                         boundary=boundary, mask_threshold=mask_threshold, max_dets=max_dets)
+                         boundary=boundary, boundary_mode=boundary_mode,  # type: ignore[arg-type]
+                         boundary_ap=boundary_ap, mask_threshold=mask_threshold,
+                         max_dets=max_dets)
 
 
 def build_evaluator(dataset: Any, model: nn.Module, cfg: EvalConfig, *,
@@ -148,6 +152,7 @@ def build_evaluator(dataset: Any, model: nn.Module, cfg: EvalConfig, *,
 
     if cfg.evaluator == "coco":
         return make_evaluator(dataset, model, boundary=cfg.boundary,
+                              boundary_mode=cfg.boundary_mode, boundary_ap=cfg.boundary_ap,
                               mask_threshold=cfg.mask_threshold, max_dets=cfg.max_dets)
     base = base_dataset(dataset)
     keys = ("masks", "masks_phi0") if has_phi0(model) else ("masks",)

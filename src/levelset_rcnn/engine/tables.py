@@ -11,7 +11,8 @@ __all__ = ["METRIC_COLUMNS", "format_metrics", "metrics_table"]
 
 #: Result keys of the mask rows per evaluator, and the columns worth showing.
 _MASK_PREFIXES = ("segm", "cityscapes", "lvis_segm")
-METRIC_COLUMNS: tuple[str, ...] = ("AP", "AP50", "AP75", "APr", "APc", "APf", "AF1", "AF2")
+METRIC_COLUMNS: tuple[str, ...] = ("AP", "AP50", "AP75", "APr", "APc", "APf", "AF1", "AF2",
+                                   "boundary_AP")
 
 
 def metrics_table(results: dict[str, Any]) -> dict[str, dict[str, float]]:
