@@ -17,6 +17,7 @@ from levelset_rcnn.threads import (
     choose_threads,
     configure_threads,
     current_choice,
+    log_line,
 )
 
 
@@ -158,8 +159,19 @@ def test_configure_applies_the_count_to_torch():
         choice = configure_threads(env, affinity=2, cgroup_quota=None)  # torch is imported
         assert choice.threads == 1 and torch.get_num_threads() == 1
         assert choice.override == f"{ENV_THREADS}=1" and env["OMP_NUM_THREADS"] == "1"
+        assert log_line() == ("threads: 1 (affinity 2, cgroup quota none, "
+                              f"override {ENV_THREADS}=1)")
+        torch.set_num_threads(2)
+        assert log_line().endswith("; torch now uses 2")
     finally:
         torch.set_num_threads(before)
+
+
+def test_log_line_without_configure(monkeypatch):
+    monkeypatch.setattr(threads, "_CURRENT", None)
+    line = log_line()
+    assert line.startswith(f"threads: {torch.get_num_threads()} (torch's setting; ")
+    assert "would choose" in line and "cgroup quota" in line
 
 
 def test_the_environment_reaches_torch_in_a_fresh_process():

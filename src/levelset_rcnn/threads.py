@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["ENV_AUTO_MARK", "ENV_THREADS", "ThreadChoice", "affinity_cpus", "cgroup_cpu_quota",
-           "choose_threads", "configure_threads", "current_choice"]
+           "choose_threads", "configure_threads", "current_choice", "log_line"]
 
 #: Environment variable that sets the intra-op thread count explicitly.
 ENV_THREADS = "LEVELSET_RCNN_THREADS"
@@ -64,12 +64,15 @@ class ThreadChoice:
     env_defaults: dict[str, str] = field(default_factory=dict)  # what we set in os.environ
     applied_before_torch: bool | None = None  # were the env settings in time for OpenMP?
 
-    def describe(self) -> str:
-        """``threads: 2 (affinity 2, cgroup quota none, override none)``."""
+    def limits(self) -> str:
+        """``affinity 2, cgroup quota none, override none``."""
         quota = "none" if self.cgroup_quota is None else f"{self.cgroup_quota:g} CPUs"
         aff = "unknown" if self.affinity is None else str(self.affinity)
-        return (f"threads: {self.threads} (affinity {aff}, cgroup quota {quota}, "
-                f"override {self.override or 'none'})")
+        return f"affinity {aff}, cgroup quota {quota}, override {self.override or 'none'}"
+
+    def describe(self) -> str:
+        """``threads: 2 (affinity 2, cgroup quota none, override none)``."""
+        return f"threads: {self.threads} ({self.limits()})"
 
 
 def affinity_cpus() -> int | None:
@@ -240,3 +243,18 @@ def configure_threads(environ: MutableMapping[str, str] | None = None, *,
 def current_choice() -> ThreadChoice | None:
     """What :func:`configure_threads` chose in this process (None if it was not called)."""
     return _CURRENT
+
+
+def log_line() -> str:
+    """The line training logs once: the choice and what it came from, e.g.
+    ``threads: 2 (affinity 2, cgroup quota none, override none)``; says so if torch now uses
+    another count, or if :func:`configure_threads` was not called in this process."""
+    import torch
+
+    n = torch.get_num_threads()
+    if _CURRENT is None:
+        return (f"threads: {n} (torch's setting; levelset_rcnn.threads would choose "
+                f"{choose_threads().describe()[len('threads: '):]})")
+    if n != _CURRENT.threads:
+        return f"{_CURRENT.describe()}; torch now uses {n}"
+    return _CURRENT.describe()
