@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .threads import configure_threads
+
+    configure_threads()  # before torch is imported: thread count and OpenMP wait policy
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
