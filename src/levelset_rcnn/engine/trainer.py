@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .. import comm
+from .. import comm, threads
 from ..config import Config
 from .build import build_model
 from .checkpoint import (
@@ -180,6 +180,7 @@ class Trainer:
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             cfg.dump(self.output_dir / "config.yaml")
+            print(threads.log_line())  # e.g. "threads: 2 (affinity 2, cgroup quota none, ...)"
         loader = build_train_loader(
             self.datasets["train"], batch_size=self.batch_size, seed=cfg.train.seed,
             rank=self.rank, world_size=self.world_size, start_iter=self.start_iter,
