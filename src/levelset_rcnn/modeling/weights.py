@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 _TV_PREDICTOR = "roi_heads.mask_predictor."
 _OUR_PREDICTOR = "roi_heads.mask_branch.mask_predictor."
 _OLD_MASK_FCN = re.compile(r"^(.*mask_head\.)mask_fcn(\d+)\.(weight|bias)$")
+_OLD_RPN_CONV = re.compile(r"^(.*rpn\.head\.conv)\.(weight|bias)$")
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -118,11 +119,12 @@ def load_maskrcnn_weights(
         sd, source = weights, "state dict"
     else:
         sd, source = resolve_weights(weights, progress=progress)
-    # torchvision's COCO file predates MaskRCNNHeads v2 and names the trunk mask_fcn1..4.
+    # torchvision's COCO file predates MaskRCNNHeads v2 and RPNHead v2: it names the trunk
+    # mask_fcn1..4 and the RPN's 3x3 conv rpn.head.conv (now rpn.head.conv.0.0).
     renamed = {}
     for k, v in sd.items():
-        m = _OLD_MASK_FCN.match(k)
-        renamed[f"{m[1]}{int(m[2]) - 1}.0.{m[3]}" if m else k] = v
+        m, r = _OLD_MASK_FCN.match(k), _OLD_RPN_CONV.match(k)
+        renamed[f"{m[1]}{int(m[2]) - 1}.0.{m[3]}" if m else f"{r[1]}.0.0.{r[2]}" if r else k] = v
     own = model.state_dict()
     # torchvision's mask predictor is the binary mask branch's (roi_heads.mask_branch.*).
     renamed = {
