@@ -38,6 +38,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .data import base_dataset, build_datasets, build_train_loader, build_val_loader
+from .freeze import check_resume_freeze, prepare_model, set_train_mode
 from .inference import build_evaluator, evaluate_model, tta_kwargs
 from .solver import build_optimizer, lr_at, set_lr
 from .tables import metrics_table
@@ -88,6 +89,8 @@ class Trainer:
         if model is None:
             model = build_model(cfg.model, num_classes=num_classes)
         self.model = model.to(self.device)
+        # train.init_from / train.freeze (engine/freeze.py), before the optimizer sees params.
+        self.freeze = prepare_model(self.model, cfg.train, resume=resume)
         self.optimizer = build_optimizer(self.model, cfg.solver)
         self.amp = bool(cfg.solver.amp and self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
@@ -119,6 +122,7 @@ class Trainer:
     def _resume(self) -> None:
         path = self.output_dir / LAST_CHECKPOINT
         ckpt = load_checkpoint(path, map_location="cpu")
+        check_resume_freeze(ckpt, self.cfg.train, path)
         comm.unwrap(self.model).load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.amp and ckpt.get("scaler"):
@@ -187,7 +191,7 @@ class Trainer:
             num_workers=cfg.data.num_workers,
             aspect_ratio_grouping=cfg.data.aspect_ratio_grouping)
         stream = iter(loader)
-        self.model.train()
+        set_train_mode(self.model, cfg.train.freeze)  # frozen parts stay in eval mode
         bar = tqdm(total=max_iter, initial=self.start_iter, desc="train", unit="it",
                    disable=not (self.progress and main), dynamic_ncols=True)
         log_file = (self.output_dir / "metrics.jsonl").open("a") if main else None
@@ -291,7 +295,7 @@ class Trainer:
         evaluator = build_evaluator(ds, self.model, cfg.eval, output_dir=self.output_dir)
         results = evaluate_model(self.model, loader, evaluator, self.device,
                                  progress=self.progress, **tta_kwargs(cfg.eval))
-        self.model.train()
+        set_train_mode(self.model, cfg.train.freeze)
         if not comm.is_main_process():
             return {}
         table = metrics_table(results)
