@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -74,7 +75,9 @@ class ModelConfig:
     num_steps: int = 3                   # N unrolled Chan-Vese / DELSE steps
     cv_channels: int = 64                # Chan-Vese feature channels C
     cv_hidden_channels: int = 64
-    cv_upsampling: str = "implicit"      # implicit | explicit (same result)
+    cv_features: str = "learned"         # learned (to 112x112, the paper's) | interpolated
+    cv_fine_channels: int = 16           # learned: width at 112x112 (twice that at 56x56)
+    cv_upsampling: str = "implicit"      # interpolated: implicit | explicit (same result)
     resolution: int = 112                # side M of phi_0, phi_N and the targets
     truncation: float = 12.0             # TSDF truncation in pixels of the M grid
     loss_weights: list[float] = field(default_factory=lambda: [1.0, 5.0])  # (w_0, w_N)
@@ -411,6 +414,123 @@ def validate(cfg: Config) -> None:
                           f"{cfg.eval.tta_min_sizes}")
     if cfg.train.checkpoint_period < 1:
         raise ConfigError("train.checkpoint_period must be >= 1")
+    _check_ranges(cfg)
+
+
+#: The backbones :func:`levelset_rcnn.modeling.levelset_rcnn` builds (a copy, so that reading a
+#: recipe does not import torch; a test keeps it equal to ``modeling.builders.BACKBONES``).
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50_2",
+             "mobilenet_v3_large")
+
+# Range rules, by field. A field missing from this version of the dataclasses is skipped, so
+# a rule can be listed before (or after) its field exists.
+_MIN_INT = {
+    "model.fpn_channels": 1, "model.box_representation_size": 1,
+    "model.predictor_channels": 1, "model.num_steps": 0, "model.cv_channels": 1,
+    "model.cv_hidden_channels": 1, "model.cv_fine_channels": 1, "model.resolution": 1,
+    "model.max_size": 1, "model.rpn_pre_nms_top_n_train": 1, "model.rpn_pre_nms_top_n_test": 1,
+    "model.rpn_post_nms_top_n_train": 1, "model.rpn_post_nms_top_n_test": 1,
+    "model.rpn_batch_size_per_image": 1, "model.box_detections_per_img": 1,
+    "model.box_batch_size_per_image": 1,
+    "data.synthetic_train_images": 1, "data.synthetic_val_images": 1,
+    "data.synthetic_image_size": 64, "data.synthetic_seed": 0, "data.num_workers": 0,
+    "solver.warmup_iters": 0,
+    "train.seed": 0, "train.log_period": 1, "train.eval_period": 0,
+    "eval.max_dets": 1,
+}
+_MIN_OPTIONAL_INT = {"model.num_classes": 2, "model.trainable_backbone_layers": 0,
+                     "data.train_first": 1, "data.val_last": 1, "eval.max_images": 1}
+_POSITIVE = ("model.truncation", "model.delse_dt", "model.lsloss_eps", "solver.base_lr",
+             "solver.gamma")
+_NON_NEGATIVE = ("model.delse_curvature", "model.velocity_loss_weight", "model.lsloss_weight",
+                 "model.lsloss_mu", "solver.weight_decay")
+_UNIT_INTERVAL = ("model.rpn_nms_thresh", "model.rpn_fg_iou_thresh", "model.rpn_bg_iou_thresh",
+                  "model.rpn_score_thresh", "model.box_score_thresh", "model.box_nms_thresh",
+                  "model.box_fg_iou_thresh", "model.box_bg_iou_thresh", "data.hflip_prob",
+                  "eval.mask_threshold")
+_FRACTION = ("model.rpn_positive_fraction", "model.box_positive_fraction",
+             "solver.warmup_factor")  # (0, 1]
+_CHOICES = {"model.backbone": BACKBONES, "model.hyperparams": ("head", "global"),
+            "model.cv_upsampling": ("implicit", "explicit"),
+            "model.cv_features": ("learned", "interpolated")}
+_POSITIVE_LISTS = ("model.min_size", "model.mask_layers")  # non-empty, every item >= 1
+_HYPER_NAMES = ("lambda1", "lambda2", "mu", "eps", "dt")
+
+
+def _fields(cfg: Config, keys: Iterable[str]) -> Iterable[tuple[str, Any]]:
+    for key in keys:
+        section, name = key.split(".")
+        if hasattr(getattr(cfg, section), name):
+            yield key, getattr(getattr(cfg, section), name)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _refuse(key: str, want: str, value: Any) -> ConfigError:
+    return ConfigError(f"{key} must be {want}, got {value!r}")
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Every numeric field in its range and every choice among its values, named in the
+    message (``validate`` calls it last)."""
+    for key, v in _fields(cfg, _MIN_INT):
+        if v < _MIN_INT[key]:
+            raise _refuse(key, f">= {_MIN_INT[key]}", v)
+    for key, v in _fields(cfg, _MIN_OPTIONAL_INT):
+        if v is not None and v < _MIN_OPTIONAL_INT[key]:
+            raise _refuse(key, f"null or >= {_MIN_OPTIONAL_INT[key]}", v)
+    for key, v in _fields(cfg, _POSITIVE):
+        if not (_number(v) and v > 0):
+            raise _refuse(key, "a finite number > 0", v)
+    for key, v in _fields(cfg, _NON_NEGATIVE):
+        if not (_number(v) and v >= 0):
+            raise _refuse(key, "a finite number >= 0", v)
+    for key, v in _fields(cfg, _UNIT_INTERVAL):
+        if not (_number(v) and 0 <= v <= 1):
+            raise _refuse(key, "in [0, 1]", v)
+    for key, v in _fields(cfg, _FRACTION):
+        if not (_number(v) and 0 < v <= 1):
+            raise _refuse(key, "in (0, 1]", v)
+    for key, v in _fields(cfg, _CHOICES):
+        if v not in _CHOICES[key]:
+            raise _refuse(key, f"one of {', '.join(_CHOICES[key])}", v)
+    for key, v in _fields(cfg, _POSITIVE_LISTS):
+        if not v or any(x < 1 for x in v):
+            raise _refuse(key, "a non-empty list of positive integers", v)
+    m, s = cfg.model, cfg.solver
+    if m.trainable_backbone_layers is not None and m.trainable_backbone_layers > 5:
+        raise _refuse("model.trainable_backbone_layers", "null or 0..5",
+                      m.trainable_backbone_layers)
+    if any(k not in (1, 2, 3, 4) for k in m.deform_stages) or \
+            len(set(m.deform_stages)) != len(m.deform_stages):
+        raise _refuse("model.deform_stages", "distinct ResNet stages 1-4", m.deform_stages)
+    if not all(_number(w) and w >= 0 for w in m.loss_weights):
+        raise _refuse("model.loss_weights", "two finite numbers >= 0", m.loss_weights)
+    if m.hyper_init is not None:
+        for name, v in m.hyper_init.items():
+            if name not in _HYPER_NAMES:
+                raise ConfigError(f"model.hyper_init: unknown hyperparameter {name!r} (known: "
+                                  f"{', '.join(_HYPER_NAMES)})")
+            if not (_number(v) and 0 < v < 2):
+                raise _refuse(f"model.hyper_init.{name}", "a number in (0, 2)", v)
+    uses_mask_resolution = m.arch == "mask_rcnn" or m.mask_head_type in ("binary", "lsloss")
+    if uses_mask_resolution and m.mask_resolution not in (28, 112):
+        raise _refuse("model.mask_resolution", "28 or 112", m.mask_resolution)
+    for kind in ("rpn", "box"):
+        fg, bg = getattr(m, f"{kind}_fg_iou_thresh"), getattr(m, f"{kind}_bg_iou_thresh")
+        if bg > fg:
+            raise ConfigError(f"model.{kind}_bg_iou_thresh ({bg}) must not exceed "
+                              f"model.{kind}_fg_iou_thresh ({fg})")
+    if not (_number(s.momentum) and 0 <= s.momentum < 1):
+        raise _refuse("solver.momentum", "in [0, 1)", s.momentum)
+    if s.clip_grad_norm is not None and not (_number(s.clip_grad_norm) and s.clip_grad_norm > 0):
+        raise _refuse("solver.clip_grad_norm", "null or a finite number > 0", s.clip_grad_norm)
+    if any(step < 0 for step in s.steps):
+        raise _refuse("solver.steps", "iterations >= 0", s.steps)
+    if not str(cfg.train.output_dir).strip():
+        raise _refuse("train.output_dir", "a folder", cfg.train.output_dir)
     unknown = [p for p in cfg.train.freeze if p not in FREEZABLE_PARTS]
     if unknown:
         raise ConfigError(f"train.freeze: unknown part(s) {', '.join(map(repr, unknown))} "

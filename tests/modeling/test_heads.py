@@ -58,3 +58,51 @@ def test_feature_head_resolution():
 def test_high_res_mask_predictor():
     head = HighResMaskPredictor(16, 3, hidden_channels=8, fine_channels=4)
     assert head(torch.randn(2, 16, 14, 14)).shape == (2, 3, 112, 112)
+
+
+def test_learned_feature_head_compact_map_gives_the_same_evolution():
+    """The Chan-Vese layer on the compact map (R G, k channels) equals it on the full
+    C-channel embedding F = W G + b: same phi_N, same gradients for every head parameter."""
+    from levelset_rcnn.levelset import ChanVese
+    from levelset_rcnn.modeling import LearnedFeatureHead
+
+    torch.manual_seed(0)
+    head = LearnedFeatureHead(8, out_channels=24, channels_28=8, channels_56=8,
+                              channels_112=6).double()
+    x = torch.randn(3, 8, 14, 14, dtype=torch.float64)
+    full = head(x)
+    assert full.shape == (3, 24, 112, 112)
+    compact = head.compact(x)
+    assert compact.shape == (3, 6, 112, 112)
+    g = torch.Generator().manual_seed(1)
+    phi0 = torch.tanh(torch.randn(3, 1, 112, 112, generator=g, dtype=torch.float64))
+    hp = dict(lambda1=torch.full((3,), 1.2, dtype=torch.float64),
+              lambda2=torch.full((3,), 0.8, dtype=torch.float64),
+              mu=torch.full((3,), 0.2, dtype=torch.float64),
+              eps=torch.full((3, 3), 0.1, dtype=torch.float64),
+              dt=torch.full((3, 3), 0.3, dtype=torch.float64))
+    a = ChanVese(3)(phi0, full, **hp)
+    b = ChanVese(3)(phi0, compact, **hp)
+    assert (a - phi0).abs().max() > 1e-3
+    # Equal in exact arithmetic; float64 round-off grows through the steps (the curvature of a
+    # random phi is stiff), hence 1e-8 rather than 1e-15.
+    torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-8)
+    names, params = zip(*head.named_parameters(), strict=True)
+    ga = torch.autograd.grad(a.square().sum(), params)
+    gb = torch.autograd.grad(b.square().sum(), params)
+    for n, u, v in zip(names, ga, gb, strict=True):
+        torch.testing.assert_close(v, u, rtol=1e-6, atol=1e-8, msg=n)
+
+
+def test_learned_features_are_the_default_and_interpolated_stays_an_option():
+    from levelset_rcnn.levelset import ChanVese, UpsampledChanVese
+    from levelset_rcnn.modeling import ChanVeseFeatureHead, LearnedFeatureHead, levelset_rcnn
+
+    from .common import tiny_kwargs
+
+    learned = levelset_rcnn(**tiny_kwargs()).mask_branch
+    assert isinstance(learned.feature_head, LearnedFeatureHead)
+    assert type(learned.chan_vese) is ChanVese
+    interp = levelset_rcnn(**tiny_kwargs(cv_features="interpolated")).mask_branch
+    assert isinstance(interp.feature_head, ChanVeseFeatureHead)
+    assert isinstance(interp.chan_vese, UpsampledChanVese)

@@ -242,7 +242,7 @@ def test_parts_model_equals_builder():
     body = _make_backbone("resnet18", None, trainable_layers=None, fpn_channels=32,
                           frozen_bn=False, progress=False)
     branch = LevelSetBranch.build(32, 4, predictor_channels=32, cv_channels=16,
-                                  cv_hidden_channels=16)
+                                  cv_hidden_channels=16, cv_features="learned")
     keep = {k: v for k, v in TINY.items() if k.startswith(("rpn_", "box_", "min_", "max_"))}
     keep.pop("box_representation_size")
     model = LevelSetRCNN(body, None, mask_branch=branch,
@@ -357,8 +357,8 @@ def test_error_missing_targets_and_bad_types():
 
 
 def test_model_implicit_equals_explicit():
-    implicit = tiny_model().eval()
-    explicit = tiny_model(cv_upsampling="explicit").eval()
+    implicit = tiny_model(cv_features="interpolated").eval()
+    explicit = tiny_model(cv_features="interpolated", cv_upsampling="explicit").eval()
     explicit.load_state_dict(implicit.state_dict())
     for m in (implicit, explicit):
         m.roi_heads.score_thresh = 0.0

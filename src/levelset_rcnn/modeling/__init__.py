@@ -35,6 +35,7 @@ from .heads import (
     HighResMaskPredictor,
     HyperParameterHead,
     HyperParameters,
+    LearnedFeatureHead,
     TSDFPredictor,
 )
 from .levelset_rcnn import LevelSetRCNN, validate_inputs
@@ -82,6 +83,7 @@ __all__ = [
     "HyperParameters",
     "LSLossBranch",
     "LevelSetBranch",
+    "LearnedFeatureHead",
     "LevelSetRCNN",
     "LevelSetRoIHeads",
     "LoadReport",

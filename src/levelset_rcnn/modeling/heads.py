@@ -42,6 +42,7 @@ __all__ = [
     "HyperParameterHead",
     "HighResMaskPredictor",
     "HyperParameters",
+    "LearnedFeatureHead",
     "TSDFPredictor",
     "hyperparameter_bias",
 ]
@@ -203,6 +204,63 @@ class ChanVeseFeatureHead(nn.Module):
             f = F.interpolate(f, size=(self.out_size, self.out_size), mode="bilinear",
                               align_corners=False)
         return f
+
+
+class LearnedFeatureHead(nn.Module):
+    """Chan-Vese features learned all the way to 112x112 (the paper, section 4.1: the RoI
+    passes "through a sequence of convolutions and upsampling layers" to a ``C x 112 x 112``
+    embedding): ``(R, in_channels, 14, 14) -> (R, C, 112, 112)``.
+
+    Layout: ``ConvTranspose 2x2/2 (-> c28) -> ReLU -> 3x3 conv (c28) -> ReLU`` at 28x28,
+    ``ConvTranspose 2x2/2 (-> c56) -> ReLU`` at 56x56, ``ConvTranspose 2x2/2 (-> c112) ->
+    ReLU`` at 112x112, ``1x1 conv (-> C)``. Every layer past 28x28 is narrow (the cost of a
+    layer grows with its area), and the last one is linear, which :meth:`compact` exploits.
+
+    :meth:`compact` gives the map the Chan-Vese layer reads: ``R G`` with ``G`` the
+    ``c112``-channel map before the 1x1 projection ``F = W G`` (no bias: the energy is
+    invariant to a constant offset) and ``W = Q R`` its reduced QR factorisation. The
+    Chan-Vese energy depends on the features only through distances
+    ``||F(x) - F(y)|| = ||W (G(x) - G(y))|| = ||R (G(x) - G(y))||`` and region means (linear),
+    so the evolution on ``R G`` (``min(C, c112)`` channels) equals the evolution on ``F``
+    (``C`` channels) exactly, at a fraction of the cost.
+    """
+
+    def __init__(self, in_channels: int, *, out_channels: int = 64, channels_28: int = 64,
+                 channels_56: int = 32, channels_112: int = 16, out_size: int = 112) -> None:
+        super().__init__()
+        if out_size != 112:
+            raise ValueError(f"LearnedFeatureHead makes 112x112 features (3 doublings of the "
+                             f"14x14 RoI), got out_size={out_size}")
+        self.out_size = out_size
+        self.layers = nn.Sequential(
+            nn.ConvTranspose2d(in_channels, channels_28, 2, stride=2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels_28, channels_28, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(channels_28, channels_56, 2, stride=2),
+            nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(channels_56, channels_112, 2, stride=2),
+            nn.ReLU(inplace=True),
+        )
+        # No bias: the Chan-Vese energy is invariant to a constant offset of the features.
+        self.project = nn.Conv2d(channels_112, out_channels, 1, bias=False)
+        for m in self.layers:
+            if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        # As ChanVeseFeatureHead: ||F - c||^2 of order one at initialisation.
+        nn.init.normal_(self.project.weight, std=1.0 / math.sqrt(channels_112 * out_channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.project(self.layers(x))
+
+    def compact(self, x: Tensor) -> Tensor:
+        """``(R, min(C, c112), 112, 112)``: the features the Chan-Vese layer needs (see the
+        class docstring); the evolution on them equals the evolution on ``forward(x)``."""
+        g = self.layers(x)
+        w = self.project.weight[:, :, 0, 0]  # (C, c112)
+        _, r = torch.linalg.qr(w.float(), mode="reduced")  # (k, c112)
+        return torch.einsum("kc,rchw->rkhw", r.to(g.dtype), g)
 
 
 class HighResMaskPredictor(nn.Module):

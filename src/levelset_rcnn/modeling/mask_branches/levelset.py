@@ -10,12 +10,22 @@ On trunk features ``x: (R, C_t, 14, 14)``::
 Losses ``loss_tsdf_init`` (weight ``w_0``) on ``phi_0`` and ``loss_tsdf_final`` (``w_N``) on
 ``phi_N``; masks ``H_0.1(phi_N)``.
 
-The Chan-Vese module decides how the features are read. With
-:class:`~levelset_rcnn.levelset.UpsampledChanVese` (``cv_upsampling="implicit"``, the default)
-the branch hands it the feature head's low-resolution map (:meth:`~levelset_rcnn.modeling.
-heads.ChanVeseFeatureHead.low_res`) and the 112x112 map is never made (same result to float
-round-off, several times cheaper); with :class:`~levelset_rcnn.levelset.ChanVese`
-(``"explicit"``) it gets ``feature_head(x)`` at 112x112.
+Two feature heads (``cv_features``):
+
+* ``"learned"`` (the paper's, the default): :class:`~levelset_rcnn.modeling.heads.
+  LearnedFeatureHead` learns its way to 112x112 with transposed convolutions; the core
+  :class:`~levelset_rcnn.levelset.ChanVese` evolves on its :meth:`~levelset_rcnn.modeling.
+  heads.LearnedFeatureHead.compact` map (the same evolution as on the ``C``-channel
+  embedding, with fewer channels).
+* ``"interpolated"``: :class:`~levelset_rcnn.modeling.heads.ChanVeseFeatureHead` stops at
+  28x28 and reaches 112 by bilinear interpolation. With
+  :class:`~levelset_rcnn.levelset.UpsampledChanVese` (``cv_upsampling="implicit"``) the branch
+  hands it the 28x28 map (:meth:`~levelset_rcnn.modeling.heads.ChanVeseFeatureHead.low_res`)
+  and the 112x112 map is never made (same result to float round-off, several times cheaper);
+  with :class:`~levelset_rcnn.levelset.ChanVese` (``"explicit"``) it gets ``feature_head(x)``.
+
+Which map the Chan-Vese module reads follows from the parts given: ``low_res`` for an
+upsampling module, else ``compact`` when the head has it, else the head's output.
 
 ``detach_phi0`` (Table 4's ablation, "phi_0 does not take supervision from phi_N"):
 ``phi_N``'s loss reaches no parameter that ``phi_0`` depends on, neither the TSDF head nor the
@@ -37,6 +47,7 @@ from ..heads import (
     GlobalHyperParameters,
     HyperParameterHead,
     HyperParameters,
+    LearnedFeatureHead,
     TSDFPredictor,
 )
 from ..losses import DEFAULT_TRUNCATION, tsdf_loss
@@ -70,6 +81,9 @@ class LevelSetBranch(TSDFBranch):
         if not isinstance(chan_vese, ChanVese | UpsampledChanVese):
             raise TypeError(f"chan_vese must be a ChanVese or UpsampledChanVese, got "
                             f"{type(chan_vese).__name__}")
+        if isinstance(chan_vese, UpsampledChanVese) and not hasattr(feature_head, "low_res"):
+            raise TypeError(f"UpsampledChanVese reads a low-resolution map: "
+                            f"{type(feature_head).__name__} has no low_res(); use ChanVese")
         self.hyper_head = hyper_head
         self.feature_head = feature_head
         self.chan_vese = chan_vese
@@ -84,6 +98,7 @@ class LevelSetBranch(TSDFBranch):
               class_agnostic: bool = False, hyperparams: str = "head",
               hyper_init: Mapping[str, float] | None = None, num_steps: int = 3,
               cv_channels: int = 64, cv_hidden_channels: int = 64,
+              cv_features: str = "learned", cv_fine_channels: int = 16,
               cv_upsampling: str = "implicit", resolution: int = 112,
               truncation: float = DEFAULT_TRUNCATION,
               loss_weights: Sequence[float] = (1.0, 5.0),
@@ -101,20 +116,34 @@ class LevelSetBranch(TSDFBranch):
                 DEFAULT_INIT` for what is not given).
             num_steps: ``N`` unrolled Chan-Vese steps.
             cv_channels, cv_hidden_channels: ``C`` and the feature head's 28x28 width.
-            cv_upsampling: ``"implicit"`` or ``"explicit"`` (module docstring).
+            cv_features: ``"learned"`` or ``"interpolated"`` (module docstring).
+            cv_fine_channels: the learned head's width at 112x112 (twice that at 56x56).
+            cv_upsampling: ``"implicit"`` or ``"explicit"``, for interpolated features.
         """
         if hyperparams not in ("head", "global"):
             raise ValueError(f"hyperparams must be 'head' or 'global', got {hyperparams!r}")
         if cv_upsampling not in ("implicit", "explicit"):
             raise ValueError(f"cv_upsampling must be implicit or explicit, got "
                              f"{cv_upsampling!r}")
+        if cv_features not in ("learned", "interpolated"):
+            raise ValueError(f"cv_features must be learned or interpolated, got "
+                             f"{cv_features!r}")
         tsdf = TSDFPredictor(in_channels, num_classes, hidden_channels=predictor_channels,
                              class_agnostic=class_agnostic)
         hyper = (HyperParameterHead(in_channels, num_steps, init=hyper_init)
                  if hyperparams == "head" else GlobalHyperParameters(num_steps, init=hyper_init))
-        features = ChanVeseFeatureHead(in_channels, out_channels=cv_channels,
-                                       hidden_channels=cv_hidden_channels, out_size=resolution)
-        cv = UpsampledChanVese(num_steps) if cv_upsampling == "implicit" else ChanVese(num_steps)
+        if cv_features == "learned":
+            features: nn.Module = LearnedFeatureHead(
+                in_channels, out_channels=cv_channels, channels_28=cv_hidden_channels,
+                channels_56=2 * cv_fine_channels, channels_112=cv_fine_channels,
+                out_size=resolution)
+            cv: ChanVese | UpsampledChanVese = ChanVese(num_steps)
+        else:
+            features = ChanVeseFeatureHead(in_channels, out_channels=cv_channels,
+                                           hidden_channels=cv_hidden_channels,
+                                           out_size=resolution)
+            cv = (UpsampledChanVese(num_steps) if cv_upsampling == "implicit"
+                  else ChanVese(num_steps))
         return cls(tsdf, hyper, features, cv, resolution=resolution, truncation=truncation,
                    loss_weights=loss_weights, detach_phi0=detach_phi0)
 
@@ -131,6 +160,8 @@ class LevelSetBranch(TSDFBranch):
         hp = HyperParameters.from_raw(raw, self.num_steps)
         if isinstance(self.chan_vese, UpsampledChanVese):
             features = self.feature_head.low_res(xc)  # upsampled implicitly
+        elif hasattr(self.feature_head, "compact"):
+            features = self.feature_head.compact(xc)  # same evolution, fewer channels
         else:
             features = self.feature_head(xc)
         phi0 = out["phi0"]
