@@ -184,7 +184,7 @@ def _eager_step(P: Tensor, Q: Tensor, *rest: Tensor) -> tuple[Tensor, Tensor, Te
     """:func:`_cv_step` without compiling, on chunks of :data:`EAGER_CHUNK_PIXELS`."""
     *per_image, coef = rest
     k = max(1, EAGER_CHUNK_PIXELS // (P.shape[1] * P.shape[2]))
-    if P.shape[0] <= k:
+    if P.shape[0] <= k or P.device.type != "cpu":
         return _cv_step(P, Q, *rest)
     parts = [_cv_step(P[i:i + k], Q[i:i + k], *(t[i:i + k] for t in per_image), coef)
              for i in range(0, P.shape[0], k)]
@@ -245,8 +245,9 @@ def chan_vese(
         dtype: compute in this floating dtype; default float64 for float64 images, float32
             otherwise (which gives scikit-image's float64 segmentation, module docstring).
         compile: run the fused, compiled step (``True``), the eager one (``False``), or
-            (``None``) the compiled one for problems of at least :data:`COMPILE_MIN_WORK`
-            pixel-iterations. A failing compile falls back to eager with a warning.
+            (``None``) the compiled one for CPU problems of at least
+            :data:`COMPILE_MIN_WORK` pixel-iterations (on a GPU the eager step runs unless
+            ``compile=True``). A failing compile falls back to eager with a warning.
         return_all: return the list of the level sets after 0, 1, ..., ``num_iters``
             iterations instead of the final one (an image that has stopped keeps its final
             level set; memory: ``num_iters + 1`` batches).
@@ -279,8 +280,8 @@ def chan_vese(
     if tuple(phi0.shape) != (B, height, width):
         raise ValueError(f"init of shape {tuple(phi0.shape)} does not match the images "
                          f"{(B, height, width)}")
-    use_compile = (B * height * width * num_iters >= COMPILE_MIN_WORK if compile is None
-                   else bool(compile))
+    use_compile = (device.type == "cpu" and B * height * width * num_iters >= COMPILE_MIN_WORK
+                   if compile is None else bool(compile))
 
     out = phi0.clone()  # final level sets, filled in as images stop
     iters = torch.full((B,), num_iters, dtype=torch.int64)
