@@ -30,3 +30,51 @@ def test_loss_figure(tmp_path: Path) -> None:
                for i in range(1, 25)]
     path = loss_figure(history, tmp_path / "losses.png")
     assert path.stat().st_size > 0
+
+
+def test_compare_instances_scores_both_heads_on_the_same_boxes(tmp_path: Path) -> None:
+    """Both heads see the LevelSet model's boxes; the IoUs are those of the maps against the
+    projected ground truth (recomputed here for phi_N), and the figure picks the rows."""
+    from levelset_rcnn.demo import compare_instances, comparison_figure
+    from levelset_rcnn.modeling import levelset_rcnn, mask_rcnn
+    from levelset_rcnn.modeling.losses import project_masks
+    from torchvision.ops import box_iou
+
+    from ..modeling.common import synthetic_sample, tiny_kwargs
+
+    torch.manual_seed(0)
+    model = levelset_rcnn(**tiny_kwargs()).eval()
+    baseline = mask_rcnn(**tiny_kwargs()).eval()
+    model.roi_heads.score_thresh = 0.0
+    image, target = synthetic_sample(3, seed=1)
+    s = compare_instances(model, baseline, image, target, score_thresh=0.0)
+    K = len(s["scores"])
+    assert K > 0
+    assert s["phiN"].shape == s["phi0"].shape == (K, 112, 112)
+    assert s["baseline"].shape == (K, 28, 28) and s["crops"].shape == (K, 3, 112, 112)
+    with torch.no_grad():
+        out = model([image])[0]
+    match = box_iou(out["boxes"], target["boxes"]).argmax(1)
+    gt = project_masks(target["masks"], out["boxes"], match, 112) >= 0.5
+    assert torch.equal(gt, s["gt"])
+    pred = s["phiN"] > 0
+    want = (pred & gt).flatten(1).sum(1) / (pred | gt).flatten(1).sum(1).clamp_min(1)
+    torch.testing.assert_close(s["iou"]["phiN"], want.float())
+    for key in ("baseline", "phi0", "phiN"):
+        assert ((s["iou"][key] >= 0) & (s["iou"][key] <= 1)).all()
+    path = comparison_figure([s], tmp_path / "cmp.png", num_rows=2)
+    assert path is not None and path.stat().st_size > 0
+    assert comparison_figure([], tmp_path / "none.png") is None
+
+
+def test_demo_baseline_recipe_is_the_frozen_detector() -> None:
+    from levelset_rcnn.commands.demo import build_baseline_config
+    from levelset_rcnn.config import load_config
+
+    cfg = load_config("synthetic_cpu")
+    base = build_baseline_config(cfg, Path("out"))
+    assert base.model.arch == "mask_rcnn"
+    assert base.train.init_from == str(Path("out") / "train" / "model_final.pth")
+    assert base.train.freeze == ["backbone", "rpn", "box_head"]
+    assert base.solver.max_iter == 300 and cfg.solver.max_iter == 1000  # cfg is not changed
+    assert base.data == cfg.data and base.model.backbone == cfg.model.backbone

@@ -19,7 +19,8 @@ from torchvision.ops import roi_align  # noqa: E402
 
 from ..comm import unwrap  # noqa: E402
 
-__all__ = ["capture_evolution", "evolution_figure", "loss_figure"]
+__all__ = ["capture_evolution", "compare_instances", "comparison_figure", "evolution_figure",
+           "loss_figure"]
 
 
 @torch.inference_mode()
@@ -114,5 +115,109 @@ def loss_figure(history: Sequence[dict[str, float]], path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+@torch.inference_mode()
+def compare_instances(model: nn.Module, baseline: nn.Module, image: Tensor,
+                      target: dict[str, Tensor], *, score_thresh: float = 0.5
+                      ) -> dict[str, Any]:
+    """The same detections seen by both mask heads: for the LevelSet model's detections of
+    one image (``baseline`` shares its frozen detector, so it finds the same boxes), the RoI
+    maps of both on the 112x112 RoI grid and their IoU with the ground truth projected there.
+
+    Returns ``{"crops": (K, 3, 112, 112), "gt": (K, 112, 112) bool, "baseline": (K, S, S)
+    probabilities, "phi0", "phiN": (K, 112, 112), "iou": {"baseline", "phi0", "phiN": (K,)},
+    "labels", "scores": (K,)}``.
+    """
+    from torchvision.models.detection.transform import resize_boxes
+    from torchvision.ops import box_iou
+
+    from ..modeling.losses import project_masks
+
+    m, b = unwrap(model).eval(), unwrap(baseline).eval()
+    device = next(m.parameters()).device
+    (out,) = m([image.to(device)])
+    keep = out["scores"] >= score_thresh
+    boxes, labels = out["boxes"][keep].float(), out["labels"][keep]
+    maps = {}
+    for name, net in (("levelset", m), ("baseline", b)):
+        images, _ = net.transform([image.to(device)])
+        features = net.backbone(images.tensors)
+        size = images.image_sizes[0]
+        rois = resize_boxes(boxes, list(image.shape[-2:]), list(size))
+        maps[name] = net.roi_heads.mask_maps(features, [rois], [size], [labels])
+    M = maps["levelset"]["tsdf"].shape[-1]
+    gt_masks = target["masks"].to(device)
+    if len(boxes) and len(gt_masks):
+        match = box_iou(boxes, target["boxes"].to(device)).argmax(1)
+        gt = project_masks(gt_masks, boxes, match, M) >= 0.5
+    else:
+        gt = torch.zeros(len(boxes), M, M, dtype=torch.bool, device=device)
+    probs = maps["baseline"]["mask_probs"][:, 0]
+    up = torch.nn.functional.interpolate(probs[:, None], size=(M, M), mode="bilinear",
+                                         align_corners=False)[:, 0]
+    phi0, phiN = maps["levelset"]["tsdf_init"][:, 0], maps["levelset"]["tsdf"][:, 0]
+
+    def iou(pred: Tensor) -> Tensor:
+        inter = (pred & gt).flatten(1).sum(1).float()
+        union = (pred | gt).flatten(1).sum(1).float().clamp_min(1)
+        return inter / union
+
+    crops = roi_align(image[None].float().to(device), [boxes], output_size=M, aligned=True) \
+        if len(boxes) else torch.zeros(0, 3, M, M)
+    return {"crops": crops.cpu(), "gt": gt.cpu(), "baseline": probs.cpu(), "phi0": phi0.cpu(),
+            "phiN": phiN.cpu(),
+            "iou": {"baseline": iou(up > 0.5).cpu(), "phi0": iou(phi0 > 0).cpu(),
+                    "phiN": iou(phiN > 0).cpu()},
+            "labels": labels.cpu(), "scores": out["scores"][keep].cpu()}
+
+
+def comparison_figure(samples: Sequence[dict[str, Any]], path: str | Path, *,
+                      num_rows: int = 4) -> Path | None:
+    """The instances where phi_N gains most over both the 28x28 mask and phi_0 (IoU with the
+    ground truth on the RoI grid), one row each: the crop with the ground-truth outline, Mask
+    R-CNN's 28x28 mask, and the crop with the phi_0 and the phi_N contours."""
+    rows = []
+    for s in samples:
+        for i in range(len(s["scores"])):
+            gain = float(s["iou"]["phiN"][i] - max(s["iou"]["baseline"][i], s["iou"]["phi0"][i]))
+            rows.append((gain, s, i))
+    if not rows:
+        return None
+    rows = sorted(rows, key=lambda r: -r[0])[:num_rows]
+    fig, axes = plt.subplots(len(rows), 4, figsize=(8.4, 2.2 * len(rows)), squeeze=False)
+    for r, (_, s, i) in enumerate(rows):
+        crop = s["crops"][i].permute(1, 2, 0).clamp(0, 1).numpy()
+        gt = s["gt"][i].numpy().astype(float)
+        panels = [("image, ground truth", None), (
+            f"Mask R-CNN 28x28 (IoU {100 * float(s['iou']['baseline'][i]):.0f})", "baseline"),
+            (f"phi_0 (IoU {100 * float(s['iou']['phi0'][i]):.0f})", "phi0"),
+            (f"phi_N (IoU {100 * float(s['iou']['phiN'][i]):.0f})", "phiN")]
+        for c, (title, key) in enumerate(panels):
+            ax = axes[r, c]
+            if key == "baseline":
+                ax.imshow(s["baseline"][i].numpy(), cmap="gray", vmin=0, vmax=1,
+                          interpolation="nearest")
+                S = s["baseline"].shape[-1]
+                gt_small = torch.nn.functional.interpolate(
+                    s["gt"][i][None, None].float(), size=(S, S), mode="area")[0, 0].numpy()
+                ax.contour(gt_small, levels=[0.5], colors=["#30d030"], linewidths=1.0)
+            else:
+                ax.imshow(crop)
+                ax.contour(gt, levels=[0.5], colors=["#30d030"], linewidths=1.0)
+                if key is not None:
+                    color = "#00c8ff" if key == "phi0" else "#ff3050"
+                    ax.contour(s[key][i].numpy(), levels=[0.0], colors=[color],
+                               linewidths=1.5)
+            ax.set_title(title, fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle("Same detections: ground truth (green) against Mask R-CNN's 28x28 mask, "
+                 "phi_0 (cyan) and phi_N (red)", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -391,6 +391,8 @@ def mask_rcnn(*, mask_resolution: int = 28, **kwargs: Any) -> LevelSetRCNN:
     ``mask_head_type`` is ``"binary"`` whatever ``kwargs`` says (a recipe's level-set
     settings are ignored)."""
     kwargs["mask_head_type"] = "binary"
+    binary = mask_branch_settings("binary")
+    kwargs = {k: v for k, v in kwargs.items() if k in binary or k not in mask_branch_settings()}
     return levelset_rcnn(mask_resolution=mask_resolution, **kwargs)
 
 
