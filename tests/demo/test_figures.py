@@ -35,10 +35,11 @@ def test_loss_figure(tmp_path: Path) -> None:
 def test_compare_instances_scores_both_heads_on_the_same_boxes(tmp_path: Path) -> None:
     """Both heads see the LevelSet model's boxes; the IoUs are those of the maps against the
     projected ground truth (recomputed here for phi_N), and the figure picks the rows."""
+    from torchvision.ops import box_iou
+
     from levelset_rcnn.demo import compare_instances, comparison_figure
     from levelset_rcnn.modeling import levelset_rcnn, mask_rcnn
     from levelset_rcnn.modeling.losses import project_masks
-    from torchvision.ops import box_iou
 
     from ..modeling.common import synthetic_sample, tiny_kwargs
 
