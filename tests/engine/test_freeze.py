@@ -24,6 +24,7 @@ from .conftest import TINY_OVERRIDES, tiny_config
 pytestmark = pytest.mark.timeout(300)
 
 DETECTOR = ("backbone", "rpn", "box_head")
+_CLS = "roi_heads.box_predictor.cls_score."
 FREEZE = "train.freeze=[backbone,rpn,box_head]"
 
 
@@ -211,6 +212,48 @@ def test_init_from_torchvision_state_dict_file(tmp_path: Path, maskrcnn_final: P
     assert "unexpected (ignored) 4 (roi_heads.mask_predictor)" in capsys.readouterr().out
 
 
+def test_coco_file_rows_follow_the_dataset_classes(tmp_path: Path, capsys) -> None:
+    """torchvision's COCO predictor has 91 rows (row = COCO category id); a COCO-class dataset
+    has contiguous labels. Its rows are picked by category id and name; a dataset of other
+    classes gets no box predictor from the file (so box_head cannot be frozen)."""
+    cfg = load_config(None, TINY_OVERRIDES + ["model.arch=mask_rcnn"])
+    coco = _torchvision_layout(build_model(cfg.model, num_classes=91).state_dict())
+    path = tmp_path / "coco_layout.pth"
+    torch.save(coco, path)
+    meta = {"class_names": ["__background__", "person", "car", "stop sign"],
+            "label_to_cat_id": {1: 1, 2: 3, 3: 13}}
+    for arch in ("levelset_rcnn", "mask_rcnn"):
+        cfg = load_config(None, TINY_OVERRIDES + [f"model.arch={arch}",
+                                                  f"train.init_from={path}", FREEZE])
+        model = build_model(cfg.model, num_classes=4)
+        prepare_model(model, cfg.train, resume=False, meta=meta)
+        assert "classes picked from the file's 90 rows" in capsys.readouterr().out
+        rows = torch.tensor([0, 1, 3, 13])
+        pred = model.roi_heads.box_predictor
+        assert torch.equal(pred.cls_score.weight, coco[f"{_CLS}weight"][rows])
+        assert torch.equal(pred.cls_score.bias, coco[f"{_CLS}bias"][rows])
+        box_rows = (4 * rows[:, None] + torch.arange(4)).flatten()
+        assert torch.equal(pred.bbox_pred.weight, coco["roi_heads.box_predictor.bbox_pred.weight"]
+                           [box_rows])
+        if arch == "mask_rcnn":  # the binary branch's class-specific logits too
+            logits = model.roi_heads.mask_branch.mask_predictor.mask_fcn_logits
+            assert torch.equal(logits.weight,
+                               coco["roi_heads.mask_predictor.mask_fcn_logits.weight"][rows])
+
+    shapes = {"class_names": ["__background__", "circle", "square", "triangle", "star"],
+              "label_to_cat_id": {1: 1, 2: 2, 3: 3, 4: 4}}
+    cfg = load_config(None, TINY_OVERRIDES + [f"train.init_from={path}"])
+    model = build_model(cfg.model, num_classes=5)
+    prepare_model(model, cfg.train, resume=False, meta=shapes)  # box predictor starts fresh
+    assert "box predictor not loaded: the file's classes lack 4 of the dataset's 4 (e.g. " \
+        "'circle'" in capsys.readouterr().out
+    cfg = load_config(None, TINY_OVERRIDES + [f"train.init_from={path}", FREEZE])
+    with pytest.raises(ConfigError, match=r"'box_head' would keep 4 initial.*box predictor not "
+                                          r"loaded"):
+        prepare_model(build_model(cfg.model, num_classes=5), cfg.train, resume=False,
+                      meta=shapes)
+
+
 def test_bad_sources_are_config_errors(tmp_path: Path, maskrcnn_final: Path) -> None:
     def prepare(*overrides: str) -> None:
         cfg = load_config(None, TINY_OVERRIDES + list(overrides))
@@ -244,7 +287,7 @@ def test_bad_sources_are_config_errors(tmp_path: Path, maskrcnn_final: Path) -> 
         prepare(f"train.init_from={partial}", "train.freeze=[backbone,rpn]")
     # Another number of classes: the box predictor is skipped, so box_head cannot be frozen.
     with pytest.raises(ConfigError, match=r"'box_head'.*shape mismatch for "
-                                          r"roi_heads\.box_predictor.*model\.num_classes"):
+                                          r"roi_heads\.box_predictor.*other classes"):
         prepare(f"train.init_from={maskrcnn_final}", FREEZE, "model.num_classes=6")
 
 

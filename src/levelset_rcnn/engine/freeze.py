@@ -8,6 +8,10 @@ Two recipe fields (``train`` section, :class:`~levelset_rcnn.config.TrainConfig`
   name and shape match loads (:func:`~levelset_rcnn.modeling.weights.load_maskrcnn_weights`,
   which also maps torchvision's key names); the rest of the model keeps its initialisation,
   and the report is printed. Not applied on ``--resume`` (the checkpoint has the weights).
+  The box predictor's class rows are matched to the dataset's classes by category id and
+  name (:func:`match_class_rows`): torchvision's 91-way COCO predictor gives a COCO-class
+  dataset (80 classes, contiguous labels) its rows; a file trained on other classes gives
+  no box predictor.
 * ``train.freeze``: names of parts (:data:`PARTS`) that do not train: their parameters get
   ``requires_grad=False`` (so the optimizer, DDP and gradient clipping never see them and no
   backward pass runs through them) and their modules stay in eval mode (BatchNorm uses and
@@ -35,7 +39,8 @@ from ..config import FREEZABLE_PARTS, ConfigError, TrainConfig
 from ..modeling.weights import LoadReport, load_maskrcnn_weights
 
 __all__ = ["PARTS", "FreezeSummary", "apply_freeze", "check_frozen_loaded", "check_resume_freeze",
-           "load_init_weights", "prepare_model", "set_train_mode"]
+           "dataset_classes", "load_init_weights", "match_class_rows", "prepare_model",
+           "set_train_mode"]
 
 #: ``train.freeze`` name -> the sub-modules (paths from the model) it covers. The RPN's weights
 #: all sit in ``rpn.head``; the box part is the box head and the box predictor.
@@ -51,6 +56,14 @@ assert tuple(PARTS) == FREEZABLE_PARTS, "config.FREEZABLE_PARTS must name PARTS'
 #: batch counter (unused in eval mode; torchvision's COCO file has none) and the offsets of
 #: deformable convolutions (zero at the start, i.e. the plain convolution of the file).
 _MAY_START_FRESH = ("num_batches_tracked", ".conv_offset.")
+
+_CLS = "roi_heads.box_predictor.cls_score."
+_BOX = "roi_heads.box_predictor.bbox_pred."
+#: Class-specific binary mask logits (torchvision's name, and the binary branch's).
+_MASK_LOGITS = ("roi_heads.mask_predictor.mask_fcn_logits.",
+                "roi_heads.mask_branch.mask_predictor.mask_fcn_logits.")
+
+Classes = list[tuple[int, str]]  # label 1..K -> (category id, name)
 
 
 @dataclass
@@ -121,9 +134,83 @@ def set_train_mode(model: nn.Module, names: Sequence[str]) -> None:
         m.eval()
 
 
-def load_init_weights(model: nn.Module, path: str | Path) -> LoadReport:
+def dataset_classes(meta: dict[str, Any] | None) -> Classes | None:
+    """``(category id, name)`` of labels 1..K from a trainer's / checkpoint's ``meta``."""
+    if not isinstance(meta, dict):
+        return None
+    names, cat_ids = meta.get("class_names"), meta.get("label_to_cat_id")
+    if not isinstance(names, list) or not isinstance(cat_ids, dict):
+        return None
+    try:
+        return [(int(cat_ids[k]), str(names[k])) for k in range(1, len(names))]
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _torchvision_coco_classes() -> Classes:
+    """torchvision's COCO detectors: 91 rows, row = COCO category id (10 ids unused)."""
+    from ..data.converters.coco_classes import COCO80_CAT_IDS, COCO80_NAMES
+
+    names = dict(zip(COCO80_CAT_IDS, COCO80_NAMES, strict=True))
+    return [(i, names.get(i, "")) for i in range(1, 91)]
+
+
+def match_class_rows(state: dict[str, torch.Tensor], source: Classes | None,
+                     target: Classes | None, num_rows: int) -> str | None:
+    """Make the class-specific rows of ``state`` (box predictor, binary mask logits) those of
+    the ``target`` classes (the dataset's), matched to the file's by category id and name.
+
+    The file's classes are ``source`` (its ``meta``: rows 1..K are its labels) or, for a bare
+    state dict with a 91-way predictor, torchvision's COCO convention (row = category id).
+    Nothing happens when either side is unknown, when they agree, or when the model's
+    predictor does not have ``len(target) + 1`` rows (``model.num_classes`` set apart from the
+    dataset). When every target class is in the file its rows are picked (background first);
+    otherwise the file's box predictor is dropped (it scores other classes) and starts fresh.
+    Returns a line saying which, or None.
+    """
+    key = f"{_CLS}weight"
+    if target is None or num_rows != len(target) + 1 or key not in state:
+        return None
+    file_rows = state[key].shape[0]
+    if source is not None and file_rows >= len(source) + 1:
+        source = source + [(-1, "")] * (file_rows - 1 - len(source))  # unused rows
+    elif source is None and file_rows == 91:
+        source = _torchvision_coco_classes()
+    else:
+        return None
+
+    def norm(classes: Classes) -> list[tuple[int, str]]:
+        return [(c, n.strip().lower()) for c, n in classes]
+
+    if norm(source) == norm(target):
+        return None
+    where = {c: row for row, c in enumerate(norm(source), start=1) if c[1]}
+    rows = [where.get(c) for c in norm(target)]
+    if any(r is None for r in rows):
+        missing = [n for (_, n), r in zip(target, rows, strict=True) if r is None]
+        for k in [k for k in state if k.startswith((_CLS, _BOX))]:
+            del state[k]
+        return (f"box predictor not loaded: the file's classes lack {len(missing)} of the "
+                f"dataset's {len(target)} (e.g. {missing[0]!r}; matched by category id and "
+                "name), so it starts fresh")
+    pick = torch.tensor([0, *rows])
+    box = (4 * pick[:, None] + torch.arange(4)).flatten()
+    for k in list(state):
+        if k.startswith((_CLS, *_MASK_LOGITS)) and state[k].shape[0] == file_rows:
+            state[k] = state[k][pick]
+        elif k.startswith(_BOX) and state[k].shape[0] == 4 * file_rows:
+            state[k] = state[k][box]
+    return (f"box predictor: the dataset's {len(target)} classes picked from the file's "
+            f"{file_rows - 1} rows by category id and name")
+
+
+def load_init_weights(model: nn.Module, path: str | Path, *, classes: Classes | None = None
+                      ) -> tuple[LoadReport, list[str]]:
     """Load every matching tensor of ``path`` (a ``train`` checkpoint or a bare state dict,
-    e.g. torchvision's COCO Mask R-CNN file) into ``model``.
+    e.g. torchvision's COCO Mask R-CNN file) into ``model``; ``classes`` (the dataset's, see
+    :func:`dataset_classes`) match the box predictor's rows (:func:`match_class_rows`).
+
+    Returns the load report and notes (lines to print).
 
     Raises:
         ConfigError: the file is missing, is not a checkpoint / state dict, or none of its
@@ -145,16 +232,21 @@ def load_init_weights(model: nn.Module, path: str | Path) -> LoadReport:
         raise ConfigError(f"train.init_from: {path} holds no state dict (a dict of tensors, "
                           f"alone or under 'model'), got {type(state).__name__}")
     state = {k: v for k, v in state.items() if torch.is_tensor(v)}
-    report = load_maskrcnn_weights(comm.unwrap(model), state)
+    model = comm.unwrap(model)
+    own = model.state_dict()
+    rows = own[f"{_CLS}weight"].shape[0] if f"{_CLS}weight" in own else 0
+    note = match_class_rows(state, dataset_classes(ckpt.get("meta") if isinstance(ckpt, dict)
+                                                   else None), classes, rows)
+    report = load_maskrcnn_weights(model, state)
     report.source = str(path)
     if not report.loaded:
         raise ConfigError(f"train.init_from: no tensor of {path} matches the model the recipe "
                           f"builds: {report.summary()}")
-    return report
+    return report, [note] if note else []
 
 
 def check_frozen_loaded(model: nn.Module, names: Sequence[str],
-                        reports: Sequence[LoadReport]) -> None:
+                        reports: Sequence[LoadReport], notes: Sequence[str] = ()) -> None:
     """Every tensor of a frozen part must have come from a weights file.
 
     Raises:
@@ -176,12 +268,12 @@ def check_frozen_loaded(model: nn.Module, names: Sequence[str],
                                                             for s in _MAY_START_FRESH)]
         if fresh:
             mismatched = sorted({k for r in reports for k in r.mismatched} & set(fresh))
-            why = (f"; shape mismatch for {', '.join(mismatched[:3])} (another number of "
-                   "classes? set model.num_classes to the file's)" if mismatched else "")
+            why = (f"; shape mismatch for {', '.join(mismatched[:3])} (the file was trained "
+                   "for other classes?)" if mismatched else "")
             raise ConfigError(
                 f"train.freeze: {name!r} would keep {len(fresh)} initial (untrained) tensors, "
                 f"e.g. {fresh[0]}{why}. Load them (train.init_from / model.weights) or do not "
-                f"freeze {name!r}. " + " | ".join(r.summary() for r in reports))
+                f"freeze {name!r}. " + " | ".join([*notes, *(r.summary() for r in reports)]))
 
 
 def check_resume_freeze(checkpoint: dict[str, Any], cfg: TrainConfig, path: str | Path) -> None:
@@ -198,9 +290,12 @@ def check_resume_freeze(checkpoint: dict[str, Any], cfg: TrainConfig, path: str 
                           f"(train.freeze=[{','.join(before)}])")
 
 
-def prepare_model(model: nn.Module, cfg: TrainConfig, *, resume: bool) -> FreezeSummary | None:
-    """The trainer's set-up: load ``cfg.init_from`` (unless resuming), check that the parts to
-    freeze hold trained weights (unless resuming), freeze them, print what happened (rank 0).
+def prepare_model(model: nn.Module, cfg: TrainConfig, *, resume: bool,
+                  meta: dict[str, Any] | None = None) -> FreezeSummary | None:
+    """The trainer's set-up: load ``cfg.init_from`` (unless resuming; ``meta``: the dataset's
+    ``class_names`` and ``label_to_cat_id``, to match the box predictor's classes), check that
+    the parts to freeze hold trained weights (unless resuming), freeze them, print what
+    happened (rank 0).
 
     Returns the :class:`FreezeSummary` (None when neither field is set).
     """
@@ -211,13 +306,15 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, *, resume: bool) -> Freeze
     builder_report = getattr(comm.unwrap(model), "load_report", None)
     if isinstance(builder_report, LoadReport):
         reports.append(builder_report)  # model.weights, loaded by the builder
+    notes: list[str] = []
     if cfg.init_from and not resume:
-        report = load_init_weights(model, cfg.init_from)
+        report, notes = load_init_weights(model, cfg.init_from, classes=dataset_classes(meta))
         reports.append(report)
         if main:
-            print(f"train.init_from: {report.summary()}")
+            for line in [report.summary(), *notes]:
+                print(f"train.init_from: {line}")
     if not resume:
-        check_frozen_loaded(model, cfg.freeze, reports)
+        check_frozen_loaded(model, cfg.freeze, reports, notes)
     summary = apply_freeze(model, cfg.freeze)
     if main:
         for line in summary.lines():
