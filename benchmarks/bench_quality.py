@@ -24,6 +24,11 @@ row, with the budget and wall time (train + eval, per model), and writes JSON sh
     python benchmarks/bench_quality.py --iters 200 --datasets synthetic --json q.json  # short
     python benchmarks/bench_quality.py --models lsloss delse delse_hp ...             # Table 3
 
+``--protocol joint`` (the default) is the paper's: every model trains its own detector, so box
+AP differs between rows. ``--protocol shared-detector`` runs :mod:`bench_shared_detector`
+instead: one detector, every mask branch trained on it frozen, scored on identical detections
+and on ground-truth boxes (its own options follow).
+
 This is a benchmark, not a test: on a 2-core CPU the default budget takes hours.
 """
 
@@ -100,6 +105,19 @@ def _row(segm: dict, run: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--protocol" in argv:
+        i = argv.index("--protocol")
+        protocol = argv[i + 1] if i + 1 < len(argv) else ""
+        rest = argv[:i] + argv[i + 2:]
+        if protocol == "shared-detector":
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from bench_shared_detector import main as shared
+
+            return shared(rest)
+        if protocol != "joint":
+            raise SystemExit(f"--protocol must be joint or shared-detector, got {protocol!r}")
+        argv = rest
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", nargs="+", default=["synthetic", "dsb2018"],
                    choices=["synthetic", "dsb2018"])

@@ -1,0 +1,270 @@
+"""Mask heads compared on ONE detector: every row is a mask branch trained on the same frozen
+backbone, RPN and box head, and scored on identical detections and on ground-truth boxes.
+
+Protocol (``bench_quality.py --protocol shared-detector`` runs this):
+
+1. train one joint Mask R-CNN (``--detector-iters``, seed 0): the shared detector;
+2. for every row and seed, train only its mask part from that checkpoint in frozen-detector
+   mode (``train.init_from`` + ``train.freeze=[backbone,rpn,box_head]``), same data, budget
+   (``--iters``) and seeds;
+3. evaluate every row twice with the COCO evaluator (mask AP, AP75, AF1, AF2 on DAVIS's
+   boundary, Boundary AP):
+
+   * ``detections``: the frozen detector's own detections; the boxes and scores are checked to
+     be identical across rows (a digest per image);
+   * ``gt_boxes``: the mask head alone, on the ground-truth boxes (score 1).
+
+Rows: ``maskrcnn`` (28x28), ``maskrcnn_112``, ``tsdf`` (Mask R-CNN on a TSDF target),
+``levelset_phi0`` / ``levelset_phiN`` (learned 112x112 features), ``levelset_interp_phiN``
+(the interpolated head), ``lsloss``, ``delse_phiN``, ``delse_hp_phiN``. Mean and standard
+deviation over the seeds; JSON shaped ``{dataset: {protocol: {row: {metric: {"mean",
+"std"}}}}}``::
+
+    python benchmarks/bench_shared_detector.py --json bench_results/shared_detector.json
+    python benchmarks/bench_shared_detector.py --datasets dsb2018 --seeds 0 --iters 100 \\
+        --detector-iters 300 --rows maskrcnn levelset --json /tmp/q.json        # a short run
+
+This is a benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+METRICS = ("AP", "AP75", "AF1", "AF2", "boundary_AP")
+#: row group -> (model.arch, overrides, {row: mask key of the evaluation}).
+ROWS: dict[str, tuple[str, tuple[str, ...], dict[str, str]]] = {
+    "maskrcnn": ("mask_rcnn", (), {"maskrcnn": "masks"}),
+    "maskrcnn_112": ("mask_rcnn", ("model.mask_resolution=112",), {"maskrcnn_112": "masks"}),
+    "tsdf": ("levelset_rcnn", ("model.mask_head_type=tsdf",), {"tsdf": "masks"}),
+    "levelset": ("levelset_rcnn", (), {"levelset_phi0": "masks_phi0",
+                                        "levelset_phiN": "masks"}),
+    "levelset_interp": ("levelset_rcnn", ("model.cv_features=interpolated",),
+                        {"levelset_interp_phi0": "masks_phi0",
+                         "levelset_interp_phiN": "masks"}),
+    "lsloss": ("levelset_rcnn", ("model.mask_head_type=lsloss",), {"lsloss": "masks"}),
+    "delse": ("levelset_rcnn", ("model.mask_head_type=delse",), {"delse_phi0": "masks_phi0",
+                                                                 "delse_phiN": "masks"}),
+    "delse_hp": ("levelset_rcnn", ("model.mask_head_type=delse_hp",),
+                 {"delse_hp_phi0": "masks_phi0", "delse_hp_phiN": "masks"}),
+}
+FROZEN = "train.freeze=[backbone,rpn,box_head]"
+
+
+def _recipe(dataset: str, args: argparse.Namespace, work: Path) -> tuple[str, list[str]]:
+    from bench_quality import DSB_DEFAULT
+
+    common = ["train.log_period=20", "train.eval_period=0", "train.eval_at_end=false",
+              f"model.backbone={args.backbone}"]
+    if args.paste == "exact":
+        common.append("model.mask_paste=exact")
+    if dataset == "synthetic":
+        return "synthetic_cpu", common + [
+            f"data.root={work / 'synthetic_data'}",
+            f"data.synthetic_train_images={args.synthetic_train}",
+            f"data.synthetic_val_images={args.synthetic_val}"]
+    from levelset_rcnn.data.converters import convert_dsb2018
+
+    src = args.dsb_src or DSB_DEFAULT
+    ann = work / "dsb2018" / "nuclei_all.json"
+    if not ann.is_file():
+        convert_dsb2018(src, ann, split="all", progress=False)
+    return "dsb2018_cpu", common + [
+        f"data.train_images={src}", f"data.val_images={src}", f"data.train_ann={ann}",
+        f"data.val_ann={ann}"]
+
+
+def _budget(iters: int) -> list[str]:
+    return [f"solver.max_iter={iters}", f"solver.steps=[{max(1, int(iters * 0.8))}]",
+            f"solver.warmup_iters={min(50, max(1, iters // 10))}",
+            f"train.checkpoint_period={iters}"]
+
+
+def _train(recipe: str, overrides: list[str], quiet: bool) -> tuple[Any, float]:
+    from levelset_rcnn.config import load_config
+    from levelset_rcnn.engine import Trainer
+
+    t0 = time.perf_counter()
+    trainer = Trainer(load_config(recipe, overrides), progress=not quiet, tensorboard=False)
+    trainer.train()
+    return trainer, time.perf_counter() - t0
+
+
+def _strip_mask_part(src: Path, dst: Path) -> None:
+    """The detector alone (backbone, FPN, RPN, box head) as a plain state dict, so that every
+    row's mask part (trunk and head) starts fresh: none inherits the joint run's mask head."""
+    import torch
+
+    from levelset_rcnn.engine.checkpoint import load_checkpoint, model_state
+
+    state = model_state(load_checkpoint(src))
+    keep = {k: v for k, v in state.items()
+            if not k.startswith(("roi_heads.mask_head.", "roi_heads.mask_branch."))}
+    torch.save(keep, dst)
+
+
+def _digest(outs: list[dict]) -> str:
+    h = hashlib.sha256()
+    for o in outs:
+        for k in ("boxes", "scores", "labels"):
+            h.update(o[k].contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _gt_box_outputs(model: Any, images: list, targets: list) -> list[dict]:
+    """The mask head alone: each ground-truth box as a detection of score 1."""
+    import torch
+    from torchvision.models.detection.transform import resize_boxes
+
+    from levelset_rcnn.engine.inference import add_phi0_masks
+    from levelset_rcnn.modeling.mask_branches import masks_from_maps
+    from levelset_rcnn.modeling.transform import paste_masks
+
+    outs = []
+    with torch.inference_mode():
+        for img, t in zip(images, targets, strict=True):
+            il, _ = model.transform([img])
+            feats = model.backbone(il.tensors)
+            size = il.image_sizes[0]
+            boxes = t["boxes"].float()
+            rois = resize_boxes(boxes, list(img.shape[-2:]), list(size))
+            maps = model.roi_heads.mask_maps(feats, [rois], [size], [t["labels"]])
+            res = {**maps, "masks": masks_from_maps(maps)}
+            o = {"boxes": boxes, "labels": t["labels"], "scores": torch.ones(len(boxes)),
+                 "masks": paste_masks(res, boxes, tuple(img.shape[-2:]),
+                                      mode=model.transform.mask_paste)}
+            if "tsdf_init" in maps:
+                o["tsdf_init"] = maps["tsdf_init"]
+                add_phi0_masks(o, mode=model.transform.mask_paste)
+            outs.append(o)
+    return outs
+
+
+def _evaluate(trainer: Any) -> tuple[dict[str, dict], list[str]]:
+    """Both protocols for one trained model: {protocol: evaluator results}, and the digests of
+    its detections (per image)."""
+    import torch
+
+    from levelset_rcnn.data import collate_fn
+    from levelset_rcnn.engine.data import build_datasets
+    from levelset_rcnn.engine.inference import make_evaluator, predict_batch
+
+    model = trainer.model.eval()
+    ds = build_datasets(trainer.cfg, splits=("val",))["val"]
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, collate_fn=collate_fn)
+    evs = {p: make_evaluator(ds, model) for p in ("detections", "gt_boxes")}
+    for ev in evs.values():
+        ev.reset()
+    digests = []
+    phi0 = "masks_phi0" in evs["detections"].mask_keys
+    for images, targets in loader:
+        outs = predict_batch(model, images, torch.device("cpu"), phi0=phi0)
+        digests.append(_digest(outs))
+        evs["detections"].process(targets, outs)
+        evs["gt_boxes"].process(targets, _gt_box_outputs(model, images, targets))
+    return {p: ev.evaluate() for p, ev in evs.items()}, digests
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return {"mean": math.nan, "std": math.nan}
+    return {"mean": statistics.fmean(vals),
+            "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", nargs="+", default=["dsb2018", "synthetic"],
+                   choices=["synthetic", "dsb2018"])
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--iters", type=int, default=300, help="mask-branch iterations per row")
+    p.add_argument("--detector-iters", type=int, default=1500,
+                   help="iterations of the shared joint Mask R-CNN")
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--synthetic-train", type=int, default=200)
+    p.add_argument("--synthetic-val", type=int, default=50)
+    p.add_argument("--dsb-src", type=Path, default=None,
+                   help="DSB2018 stage1_train folder (default: ../shared/data's copy)")
+    p.add_argument("--work", type=Path, default=REPO / "bench_results" / "shared_detector_work")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--paste", choices=["default", "exact"], default="default",
+                   help="mask pasting: each model's default (exact for level sets, "
+                        "torchvision's for binary masks) or exact for every row")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+
+    report: dict[str, Any] = {}
+    timing: dict[str, Any] = {}
+    for dataset in args.datasets:
+        work = args.work / dataset
+        recipe, common = _recipe(dataset, args, args.work)
+        det_dir = work / "detector"
+        t0 = time.perf_counter()
+        detector = det_dir / "detector_only.pth"
+        if not detector.is_file():
+            _train(recipe, common + _budget(args.detector_iters) + [
+                "model.arch=mask_rcnn", "train.seed=0", f"train.output_dir={det_dir}"],
+                args.quiet)
+            _strip_mask_part(det_dir / "model_final.pth", detector)
+        timing[dataset] = {"detector_s": round(time.perf_counter() - t0, 1), "rows": {}}
+        raw: dict[str, dict[str, dict[str, list[float]]]] = {"detections": {}, "gt_boxes": {}}
+        ref_digest = None
+        for group in args.rows:
+            arch, extra, keys = ROWS[group]
+            for seed in args.seeds:
+                out = work / group / f"seed{seed}"
+                trainer, wall = _train(recipe, common + _budget(args.iters) + list(extra) + [
+                    f"model.arch={arch}", f"train.seed={seed}", f"train.output_dir={out}",
+                    f"train.init_from={detector}", FROZEN], args.quiet)
+                t_eval = time.perf_counter()
+                results, digests = _evaluate(trainer)
+                timing[dataset]["rows"].setdefault(group, []).append(
+                    {"train_s": round(wall, 1), "eval_s": round(time.perf_counter() - t_eval, 1)})
+                if ref_digest is None:
+                    ref_digest = digests
+                elif digests != ref_digest:
+                    raise SystemExit(f"{dataset}/{group}/seed{seed}: the detections differ from "
+                                     "the first row's: the detector is not shared")
+                for protocol, res in results.items():
+                    for row, key in keys.items():
+                        segm = res.get(f"segm/{key}", {})
+                        cell = raw[protocol].setdefault(row, {m: [] for m in METRICS + ("box_AP",)})
+                        for m in METRICS:
+                            cell[m].append(float(segm.get(m, math.nan)))
+                        cell["box_AP"].append(float(res.get("bbox", {}).get("AP", math.nan)))
+        report[dataset] = {proto: {row: {m: _stats(v) for m, v in cells.items()}
+                                   for row, cells in rows.items()}
+                           for proto, rows in raw.items()}
+        for proto, rows in report[dataset].items():
+            print(f"\n{dataset}, {proto}: {len(args.seeds)} seeds, detector "
+                  f"{args.detector_iters} it., mask branches {args.iters} it. each")
+            cols = METRICS + ("box_AP",)
+            print("| row | " + " | ".join(cols) + " |\n| --- |" + " ---: |" * len(cols))
+            for row, r in rows.items():
+                print(f"| {row} | " + " | ".join(
+                    f"{r[m]['mean']:.1f} ± {r[m]['std']:.1f}" for m in cols) + " |")
+    report["_meta"] = {"seeds": args.seeds, "iters": args.iters,
+                       "detector_iters": args.detector_iters, "backbone": args.backbone,
+                       "timing": timing, "identical_detections": True}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
