@@ -12,6 +12,7 @@ from levelset_rcnn.modeling import (
     WeightsUnavailableError,
     levelset_rcnn,
     levelset_rcnn_resnet50_fpn,
+    load_maskrcnn_weights,
 )
 
 from .common import tiny_kwargs
@@ -112,3 +113,18 @@ def test_missing_local_file():
     with pytest.raises(WeightsUnavailableError, match="does not exist"):
         levelset_rcnn(weights="/nonexistent/weights.pth", **{
             k: v for k, v in tiny_kwargs().items() if k != "weights_backbone"})
+
+
+def test_files_from_before_the_mask_branch_load_their_heads():
+    """A state dict with the heads at roi_heads.<head>.* (written before the mask branch)
+    loads them into roi_heads.mask_branch.<head>.*."""
+    torch.manual_seed(0)
+    src = levelset_rcnn(**tiny_kwargs())
+    old = {k.replace("roi_heads.mask_branch.", "roi_heads."): v
+           for k, v in src.state_dict().items()}
+    torch.manual_seed(1)
+    dst = levelset_rcnn(**tiny_kwargs())
+    report = load_maskrcnn_weights(dst, old)
+    assert not report.missing and not report.unexpected and not report.mismatched
+    for k, v in src.state_dict().items():
+        assert torch.equal(dst.state_dict()[k], v), k

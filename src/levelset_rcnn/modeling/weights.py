@@ -24,8 +24,6 @@ __all__ = ["LoadReport", "WeightsUnavailableError", "load_maskrcnn_weights", "re
 
 logger = logging.getLogger(__name__)
 
-_TV_PREDICTOR = "roi_heads.mask_predictor."
-_OUR_PREDICTOR = "roi_heads.mask_branch.mask_predictor."
 _OLD_MASK_FCN = re.compile(r"^(.*mask_head\.)mask_fcn(\d+)\.(weight|bias)$")
 _OLD_RPN_CONV = re.compile(r"^(.*rpn\.head\.conv)\.(weight|bias)$")
 
@@ -107,6 +105,15 @@ def _load_file(path: Path) -> dict[str, Tensor]:
     return sd
 
 
+def _into_branch(key: str, own: dict[str, Tensor]) -> str:
+    """``roi_heads.<part>.*`` -> ``roi_heads.mask_branch.<part>.*`` where the model has it."""
+    if key.startswith("roi_heads.") and not key.startswith("roi_heads.mask_branch."):
+        moved = "roi_heads.mask_branch." + key[len("roi_heads."):]
+        if key not in own and moved in own:
+            return moved
+    return key
+
+
 def load_maskrcnn_weights(
     model: nn.Module, weights: WeightsEnum | str | os.PathLike | dict[str, Tensor], *,
     progress: bool = True,
@@ -126,13 +133,10 @@ def load_maskrcnn_weights(
         m, r = _OLD_MASK_FCN.match(k), _OLD_RPN_CONV.match(k)
         renamed[f"{m[1]}{int(m[2]) - 1}.0.{m[3]}" if m else f"{r[1]}.0.0.{r[2]}" if r else k] = v
     own = model.state_dict()
-    # torchvision's mask predictor is the binary mask branch's (roi_heads.mask_branch.*).
-    renamed = {
-        (k.replace(_TV_PREDICTOR, _OUR_PREDICTOR, 1)
-         if k.startswith(_TV_PREDICTOR) and k.replace(_TV_PREDICTOR, _OUR_PREDICTOR, 1) in own
-         else k): v
-        for k, v in renamed.items()
-    }
+    # torchvision's mask predictor is the binary mask branch's, and our files written before
+    # the mask branch existed name its heads roi_heads.<head>.*: both now live under
+    # roi_heads.mask_branch.*.
+    renamed = {_into_branch(k, own): v for k, v in renamed.items()}
     report = LoadReport(source=source)
     to_load = {}
     for k, v in renamed.items():
