@@ -81,6 +81,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         parser.add_argument("--overwrite", action="store_true",
                             help="replace an existing output")
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    for parser in (c, d, y):
+        parser.add_argument("--no-verify", dest="verify", action="store_false",
+                            help="read only the image headers (faster); a truncated or "
+                                 "corrupt image then fails when training reaches it "
+                                 "(default: every image is decoded once)")
 
 
 def _report(path: Path) -> int:
@@ -89,6 +94,14 @@ def _report(path: Path) -> int:
     data = json.loads(path.read_text())
     print(f"wrote {path}: {len(data['images'])} images, {len(data['annotations'])} instances, "
           f"{len(data['categories'])} categories")
+    info = data.get("info") or {}
+    for note in info.get("notes", []):
+        print(f"  {note}")
+    if info.get("images_verified") is False:
+        print("  images not verified (headers only, --no-verify): a truncated image fails "
+              "only when it is loaded")
+    elif info.get("images_verified"):
+        print("  every image decoded (verified)")
     return 0
 
 
@@ -106,7 +119,8 @@ def _cityscapes(args: argparse.Namespace) -> int:
     from ..data.converters import convert_cityscapes
 
     return _report(convert_cityscapes(args.src, args.out, split=args.split,
-                                      overwrite=args.overwrite, progress=not args.quiet))
+                                      overwrite=args.overwrite, progress=not args.quiet,
+                                      verify=args.verify))
 
 
 @guarded
@@ -114,7 +128,8 @@ def _dsb2018(args: argparse.Namespace) -> int:
     from ..data.converters import convert_dsb2018
 
     return _report(convert_dsb2018(args.src, args.out, split=args.split,
-                                   overwrite=args.overwrite, progress=not args.quiet))
+                                   overwrite=args.overwrite, progress=not args.quiet,
+                                   verify=args.verify))
 
 
 @guarded
@@ -125,7 +140,8 @@ def _yolo_seg(args: argparse.Namespace) -> int:
     if args.names is not None:
         names = [n.strip() for n in args.names.read_text().splitlines() if n.strip()]
     return _report(convert_yolo_seg(args.images, args.labels, args.out, names=names,
-                                    overwrite=args.overwrite, progress=not args.quiet))
+                                    overwrite=args.overwrite, progress=not args.quiet,
+                                    verify=args.verify))
 
 
 @guarded

@@ -1,10 +1,14 @@
 """Loading and validating COCO instance JSON before anything touches torch.
 
-Structural problems (malformed JSON, missing sections, duplicate ids, an annotation that
-points at an unknown image or category, an RLE whose size differs from its image) raise
-:class:`DatasetError` naming the file and the record. A single unusable annotation (a
-degenerate polygon, a zero-area box, no segmentation) is skipped with a warning and counted,
-unless ``strict=True``.
+Structural problems (malformed JSON, a missing section, duplicate ids, an annotation that
+points at an unknown image or category, an RLE whose size differs from its image, an absurd
+image size) raise :class:`DatasetError` naming the file and the record. A single unusable
+annotation (a degenerate polygon, a zero-area box, no segmentation, a NaN, infinite or
+absurd coordinate, an RLE whose counts are corrupt or do not cover its image, a bad
+``iscrowd``) is skipped with a warning and counted, unless ``strict=True``. Nothing that
+fails these checks reaches pycocotools' C code (:mod:`.sanity`); polygon vertices far
+outside their image are clipped to a one-pixel margin around it first. A file with no
+instance left is accepted with a warning.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import copy as copy_module
 import io
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +28,14 @@ from pycocotools.coco import COCO
 
 from .errors import DatasetError
 from .masks import segmentation_to_rle
+from .sanity import (
+    bbox_problem,
+    clip_polygon,
+    image_size_problem,
+    outside_window,
+    polygon_problem,
+    rle_problem,
+)
 
 __all__ = ["LoadedCoco", "load_coco_json", "validate_coco_dict", "coco_from_dict", "polygon_area"]
 
@@ -85,10 +98,9 @@ def _check_images(images: list, path: Path) -> dict[int, dict]:
             raise DatasetError(f"{path}: duplicate image id {iid}")
         if not isinstance(img.get("file_name"), str):
             raise DatasetError(f"{path}: image id {iid} has no 'file_name'")
-        for key in ("width", "height"):
-            if not isinstance(img.get(key), int) or img[key] <= 0:
-                raise DatasetError(f"{path}: image id {iid} ({img['file_name']}) has no positive "
-                                   f"integer '{key}'")
+        problem = image_size_problem(img.get("height"), img.get("width"))
+        if problem:
+            raise DatasetError(f"{path}: image id {iid} ({img['file_name']}): {problem}")
         by_id[iid] = img
     return by_id
 
@@ -106,17 +118,34 @@ def _check_categories(categories: list, path: Path) -> set[int]:
     return ids
 
 
+def _clean_polygons(seg: list, aid: int, h: int, w: int) -> list | str:
+    """The usable polygons of ``seg`` (clipped to the image's margin where they reach far
+    outside it), or the reason to skip the annotation."""
+    good = []
+    for k, poly in enumerate(seg):
+        problem = polygon_problem(poly)
+        if problem:
+            return f"annotation id {aid}: segmentation[{k}]: {problem}"
+        if outside_window(poly, h, w):
+            poly = clip_polygon(poly, h, w)
+        if len(poly) >= 6 and polygon_area(poly) > 0:
+            good.append(poly)
+    if not good:
+        return (f"annotation id {aid}: degenerate polygon (fewer than 3 points or zero area "
+                f"inside the {w}x{h} image)")
+    return good
+
+
 def _clean_annotation(ann: dict, img: dict, path: Path) -> str | None:
     """Fix up ``ann`` in place; return a reason string when it must be skipped."""
     aid = ann["id"]
     h, w = img["height"], img["width"]
     seg = ann.get("segmentation")
     if isinstance(seg, list):
-        good = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
-                and all(_is_number(v) for v in p) and polygon_area(p) > 0]
-        if not good:
-            return f"annotation id {aid}: degenerate polygon (fewer than 3 points or zero area)"
-        ann["segmentation"] = good
+        good = _clean_polygons(seg, aid, h, w)
+        if isinstance(good, str):
+            return good
+        ann["segmentation"] = seg = good
     elif isinstance(seg, dict):
         size = seg.get("size")
         if not (isinstance(size, list) and len(size) == 2) or "counts" not in seg:
@@ -124,20 +153,29 @@ def _clean_annotation(ann: dict, img: dict, path: Path) -> str | None:
         if list(size) != [h, w]:
             raise DatasetError(f"{path}: annotation id {aid}: mask size {size} (h, w) differs "
                                f"from its image id {img['id']} ({img['file_name']}, {h}x{w})")
+        problem = rle_problem(seg)
+        if problem:
+            return f"annotation id {aid}: {problem}"
     else:
         return f"annotation id {aid}: no 'segmentation'"
     bbox = ann.get("bbox")
     if bbox is None:  # some exporters omit it: take the mask's extent
         bbox = [float(v) for v in mask_utils.toBbox(segmentation_to_rle(seg, h, w))]
-    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-        return f"annotation id {aid}: 'bbox' is not [x, y, w, h]"
+    problem = bbox_problem(bbox)
+    if problem:
+        return f"annotation id {aid}: {problem}"
     x0, y0 = max(0.0, float(bbox[0])), max(0.0, float(bbox[1]))
     x1, y1 = min(float(w), bbox[0] + bbox[2]), min(float(h), bbox[1] + bbox[3])
     if x1 - x0 <= 0 or y1 - y0 <= 0:
         return f"annotation id {aid}: zero-area box {bbox} (inside a {w}x{h} image)"
     ann["bbox"] = [x0, y0, x1 - x0, y1 - y0]
-    ann["iscrowd"] = int(ann.get("iscrowd", 0))
-    if not _is_number(ann.get("area")):
+    crowd = ann.get("iscrowd", 0)
+    if isinstance(crowd, str) or crowd not in (0, 1):
+        return f"annotation id {aid}: 'iscrowd' must be 0 or 1, got {crowd!r}"
+    ann["iscrowd"] = int(crowd)
+    area = ann.get("area")
+    if not (_is_number(area) and math.isfinite(area) and area >= 0):
+        # missing, NaN, infinite or negative: the mask's own area (what COCO defines it as)
         ann["area"] = float(mask_utils.area(segmentation_to_rle(seg, h, w)))
     return None
 
@@ -181,7 +219,7 @@ def validate_coco_dict(raw: Any, path: str | Path, *, strict: bool = False,
     data = copy_module.deepcopy(raw) if copy else dict(raw)
     images = _check_images(_require_list(data, "images", path), path)
     cat_ids = _check_categories(_require_list(data, "categories", path), path)
-    anns = _require_list(data, "annotations", path, optional=True)
+    anns = _require_list(data, "annotations", path)
     kept: list[dict] = []
     skipped: list[str] = []
     seen: set[int] = set()
@@ -209,5 +247,9 @@ def validate_coco_dict(raw: Any, path: str | Path, *, strict: bool = False,
         skipped.append(reason)
     if skipped:
         logger.warning("%s: skipped %d of %d annotations", path, len(skipped), len(anns))
+    if not kept:
+        logger.warning("%s: no instances (%s): training learns nothing from it and its AP "
+                       "is undefined", path,
+                       "empty 'annotations' list" if not anns else "every annotation skipped")
     data["annotations"] = kept
     return LoadedCoco(path=path, data=data, num_skipped=len(skipped), skipped=skipped)

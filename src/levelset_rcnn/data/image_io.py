@@ -58,7 +58,8 @@ def _with_image(path: str | Path, record: str, use: Callable[[Image.Image], T]) 
     try:
         with Image.open(path) as img:
             return use(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as exc:
         raise DatasetError(f"cannot decode image {path}{where}: {exc}") from exc
 
 
@@ -77,7 +78,15 @@ def read_image(path: str | Path, *, record: str = "") -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
-def read_image_size(path: str | Path, *, record: str = "") -> tuple[int, int]:
-    """``(height, width)`` of an image from its header only (fast, no pixel decode)."""
-    width, height = _with_image(path, record, lambda img: img.size)
+def read_image_size(path: str | Path, *, record: str = "", verify: bool = False
+                    ) -> tuple[int, int]:
+    """``(height, width)`` of an image: from its header only (fast), or with ``verify`` after
+    decoding every pixel, so that a truncated or corrupt file is a :class:`DatasetError` now
+    rather than when training reaches it."""
+    def size(img: Image.Image) -> tuple[int, int]:
+        if verify:
+            img.load()
+        return img.size
+
+    width, height = _with_image(path, record, size)
     return height, width

@@ -11,11 +11,20 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COCO_LVIS_SYNSETS", "LVISFormatError", "check_lvis_dict",
+from .sanity import (
+    bbox_problem,
+    image_size_problem,
+    outside_window,
+    polygon_problem,
+    rle_problem,
+)
+
+__all__ = ["COCO_LVIS_SYNSETS", "LVISFormatError", "annotation_values_problem", "check_lvis_dict",
            "coco_to_lvis_category_ids", "read_lvis_json"]
 
 logger = logging.getLogger(__name__)
@@ -91,7 +100,8 @@ def check_lvis_dict(data: Any, source: str | Path) -> None:
     ``not_exhaustive_category_ids``), ``categories`` (``id``; ``synset`` and a
     ``frequency`` in r/c/f, at least one category having a synset) and ``annotations``
     (``id``, ``image_id``, ``category_id`` of known records, ``segmentation``, ``area``,
-    ``bbox``). A category without ``synset`` (a COCO class that
+    ``bbox``), whose numbers must be safe for the LVIS API's C rasteriser
+    (:func:`annotation_values_problem`). A category without ``synset`` (a COCO class that
     :func:`~levelset_rcnn.data.converters.lvis.convert_lvis` left without LVIS category)
     matches nothing.
 
@@ -122,7 +132,7 @@ def check_lvis_dict(data: Any, source: str | Path) -> None:
         raise LVISFormatError(f"{source}: no category has a 'synset' (e.g. category id "
                               f"{cat['id']} ({cat.get('name', '?')})): not an LVIS file? LVIS "
                               "categories carry their WordNet synset, e.g. 'person.n.01'")
-    img_ids = set()
+    images: dict[int, dict] = {}
     for k, img in enumerate(data["images"]):
         if not isinstance(img, dict) or not isinstance(img.get("id"), int):
             raise LVISFormatError(f"{source}: images[{k}] has no integer 'id'")
@@ -130,22 +140,62 @@ def check_lvis_dict(data: Any, source: str | Path) -> None:
             if not isinstance(img.get(key), int) or img[key] <= 0:
                 raise LVISFormatError(f"{source}: image id {img['id']} has no positive "
                                       f"integer '{key}'")
+        size_problem = image_size_problem(img["height"], img["width"])
+        if size_problem:
+            raise LVISFormatError(f"{source}: image id {img['id']}: {size_problem}")
         for key in ("neg_category_ids", "not_exhaustive_category_ids"):
             if not isinstance(img.get(key), list):
                 raise LVISFormatError(f"{source}: image id {img['id']} has no '{key}' list "
                                       "(an LVIS image record lists them, possibly empty)")
-        img_ids.add(img["id"])
+        images[img["id"]] = img
     for k, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or not isinstance(ann.get("id"), int):
             raise LVISFormatError(f"{source}: annotations[{k}] has no integer 'id'")
         what = f"{source}: annotation id {ann['id']}"
-        if ann.get("image_id") not in img_ids:
+        if ann.get("image_id") not in images:
             raise LVISFormatError(f"{what} refers to unknown image id {ann.get('image_id')!r}")
         if ann.get("category_id") not in cat_ids:
             raise LVISFormatError(f"{what} has unknown category id {ann.get('category_id')!r}")
         for key in ("segmentation", "area", "bbox"):
             if key not in ann:
                 raise LVISFormatError(f"{what} has no '{key}'")
+        problem = annotation_values_problem(ann, images[ann["image_id"]])
+        if problem:
+            raise LVISFormatError(f"{what}: {problem}")
+
+
+def annotation_values_problem(ann: Mapping[str, Any], img: Mapping[str, Any]) -> str | None:
+    """Why the numbers of an LVIS annotation cannot be given to the LVIS API (whose
+    rasteriser is pycocotools' C code), or None: polygons of finite coordinates lying within
+    one image size around their image, a valid RLE of the image's size, a finite ``bbox``
+    with non-negative sides and a finite, non-negative ``area``."""
+    h, w = img["height"], img["width"]
+    seg = ann["segmentation"]
+    if isinstance(seg, list):
+        for k, poly in enumerate(seg):
+            problem = polygon_problem(poly)
+            if problem:
+                return f"segmentation[{k}]: {problem}"
+            if outside_window(poly, h, w, margin=max(h, w)):
+                return (f"segmentation[{k}] has a vertex far outside its {w}x{h} image "
+                        f"(x in [{min(poly[0::2])}, {max(poly[0::2])}], y in "
+                        f"[{min(poly[1::2])}, {max(poly[1::2])}])")
+    elif isinstance(seg, dict):
+        if seg.get("size") != [h, w]:
+            return f"RLE size {seg.get('size')!r} differs from its {w}x{h} image"
+        problem = rle_problem(seg)
+        if problem:
+            return problem
+    else:
+        return f"'segmentation' must be polygons or an RLE, got {type(seg).__name__}"
+    problem = bbox_problem(ann["bbox"])
+    if problem:
+        return problem
+    area = ann["area"]
+    if (isinstance(area, bool) or not isinstance(area, (int, float)) or not math.isfinite(area)
+            or area < 0):
+        return f"'area' must be a finite, non-negative number, got {area!r}"
+    return None
 
 
 def coco_to_lvis_category_ids(categories: Sequence[Mapping[str, Any]],

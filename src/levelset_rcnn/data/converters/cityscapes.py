@@ -106,7 +106,8 @@ def _check_label_ids(values: np.ndarray, path: Path) -> None:
 
 
 def convert_cityscapes(src: str | Path, out: str | Path, *, split: str = "val",
-                       overwrite: bool = False, progress: bool = True) -> Path:
+                       overwrite: bool = False, progress: bool = True, verify: bool = True
+                       ) -> Path:
     """Convert one split of a Cityscapes tree to a COCO instances JSON (8 classes).
 
     Args:
@@ -116,6 +117,8 @@ def convert_cityscapes(src: str | Path, out: str | Path, *, split: str = "val",
             annotations are empty).
         overwrite: replace an existing ``out``.
         progress: show a tqdm bar.
+        verify: decode every image (a truncated one raises now); ``False`` reads headers only
+            (the instanceIds PNGs are always decoded).
 
     Raises:
         FileExistsError: ``out`` exists and not ``overwrite``.
@@ -140,7 +143,7 @@ def convert_cityscapes(src: str | Path, out: str | Path, *, split: str = "val",
         gt_path = cityscapes_gt_path(gt_dir, rel)
         if not gt_path.is_file():
             raise DatasetError(f"missing gtFine file {gt_path} (annotation of image {path})")
-        h, w = read_image_size(path, record=f"Cityscapes {split} image")
+        h, w = read_image_size(path, record=f"Cityscapes {split} image", verify=verify)
         ids = read_instance_ids(gt_path)
         if ids.shape != (h, w):
             raise DatasetError(f"{gt_path} is {ids.shape[1]}x{ids.shape[0]} but its image "
@@ -161,4 +164,5 @@ def convert_cityscapes(src: str | Path, out: str | Path, *, split: str = "val",
                 num_crowd += 1
     logger.info("%s: %d images, %d instances, %d crowd regions", image_dir, len(builder.images),
                 len(builder.annotations) - num_crowd, num_crowd)
+    builder.verified = verify
     return write_coco_json(builder.to_dict(), out, overwrite=overwrite)

@@ -7,17 +7,25 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..errors import DatasetError
+
 __all__ = ["CocoBuilder", "write_coco_json", "check_output"]
 
 logger = logging.getLogger(__name__)
 
 
+def _temp_path(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
 def check_output(path: str | Path, overwrite: bool) -> Path:
-    """Refuse to touch an existing output unless ``overwrite``; return ``path`` as a Path."""
+    """Refuse to touch an existing output unless ``overwrite``; return ``path`` as a Path.
+    A temporary file a killed earlier conversion left beside ``path`` is removed."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass --overwrite (overwrite=True) to "
                               "replace it")
+    _temp_path(path).unlink(missing_ok=True)
     return path
 
 
@@ -30,6 +38,8 @@ class CocoBuilder:
         self.images: list[dict[str, Any]] = []
         self.annotations: list[dict[str, Any]] = []
         self.num_skipped = 0
+        self.notes: list[str] = []       # what was left out, for the report (info.notes)
+        self.verified: bool | None = None  # every image decoded (True) or headers only
 
     def add_image(self, file_name: str, height: int, width: int, image_id: int | None = None
                   ) -> int:
@@ -53,16 +63,32 @@ class CocoBuilder:
             logger.warning("skipping %s", reason)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"info": {"description": self.description}, "images": self.images,
-                "annotations": self.annotations, "categories": self.categories}
+        info: dict[str, Any] = {"description": self.description}
+        if self.notes:
+            info["notes"] = list(self.notes)
+        if self.verified is not None:
+            info["images_verified"] = self.verified
+        return {"info": info, "images": self.images, "annotations": self.annotations,
+                "categories": self.categories}
 
 
 def write_coco_json(data: dict[str, Any], path: str | Path, *, overwrite: bool = False) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary file, then rename)."""
+    """Write ``data`` to ``path`` atomically (temporary file, then rename; the temporary file
+    is removed on any failure). NaN and infinities are refused (they are not JSON).
+
+    Raises:
+        DatasetError: ``data`` holds a NaN or infinite number (nothing is written).
+    """
     path = check_output(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-    tmp.replace(path)
+    tmp = _temp_path(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, allow_nan=False)
+        tmp.replace(path)
+    except ValueError as exc:  # allow_nan=False
+        raise DatasetError(f"{path}: refusing to write a non-finite number ({exc}); "
+                           "nothing was written") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

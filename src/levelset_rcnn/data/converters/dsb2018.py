@@ -62,7 +62,8 @@ def _read_mask(path: Path, shape: tuple[int, int], image_id: str) -> np.ndarray:
 
 
 def convert_dsb2018(src: str | Path, out: str | Path, *, split: str = "all",
-                    overwrite: bool = False, progress: bool = True) -> Path:
+                    overwrite: bool = False, progress: bool = True, verify: bool = True
+                    ) -> Path:
     """Convert a DSB2018-layout folder to a COCO instances JSON (one class, ``nucleus``).
 
     Args:
@@ -72,6 +73,7 @@ def convert_dsb2018(src: str | Path, out: str | Path, *, split: str = "all",
             ``"all"``.
         overwrite: replace an existing ``out``.
         progress: show a tqdm bar.
+        verify: decode every image (a truncated one raises now); ``False`` reads headers only.
 
     Raises:
         FileExistsError: ``out`` exists and not ``overwrite``.
@@ -84,7 +86,7 @@ def convert_dsb2018(src: str | Path, out: str | Path, *, split: str = "all",
                           description=f"DSB2018 nuclei ({split}) converted from {root.name}")
     for image_id in tqdm(dsb2018_image_ids(root, split), desc="dsb2018", disable=not progress):
         image_path = root / image_id / "images" / f"{image_id}.png"
-        h, w = read_image_size(image_path, record=f"image {image_id}")
+        h, w = read_image_size(image_path, record=f"image {image_id}", verify=verify)
         coco_id = builder.add_image(f"{image_id}/images/{image_id}.png", h, w)
         mask_dir = root / image_id / "masks"
         for mask_path in sorted(mask_dir.glob("*.png")) if mask_dir.is_dir() else []:
@@ -96,4 +98,6 @@ def convert_dsb2018(src: str | Path, out: str | Path, *, split: str = "all",
             builder.add_annotation(coco_id, 1, mask_to_rle(mask), area=area, bbox=mask_bbox(mask))
     if builder.num_skipped:
         logger.warning("%s: skipped %d empty masks", root, builder.num_skipped)
+        builder.notes.append(f"{builder.num_skipped} empty mask(s) skipped")
+    builder.verified = verify
     return write_coco_json(builder.to_dict(), out, overwrite=overwrite)
