@@ -4,6 +4,11 @@ Chan-Vese against scikit-image.
 
 Every figure that matters is a ratio against a baseline measured in the same run (these
 machines are shared and noisy). Prints a table and, with ``--json PATH``, writes the numbers.
+On a machine that other jobs load, run it with ``OMP_WAIT_POLICY=PASSIVE`` (what the CLI
+sets, see :mod:`levelset_rcnn.threads`): with OpenMP's default spinning at barriers our
+multi-threaded side loses far more than single-threaded scikit-image (measured at load 9 on
+2 cores: classic 6x with the default policy, 25x with PASSIVE). The header prints the policy
+and the load average.
 
     python benchmarks/bench_chan_vese.py --json bench_results/chan_vese.json
     python benchmarks/bench_chan_vese.py --only-classic      # the classic comparison alone
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -262,7 +268,10 @@ def print_classic(res: dict, threads: int) -> None:
     print(f"\nClassic Chan-Vese, {B} images {res['classic_size']}x{res['classic_size']} "
           f"(scikit-image's samples, mirrored / rotated), tol {res['classic_tol']:g}, at most "
           f"{res['classic_iters']} iterations ({res['classic_total_iterations']} in all); ours "
-          f"float32, {threads} threads, scikit-image single-threaded")
+          f"float32, {threads} threads (OMP_WAIT_POLICY {res['omp_wait_policy'] or 'unset'}), "
+          "scikit-image single-threaded; load average "
+          + " -> ".join(f"{la[0]:.1f}" for la in (res["loadavg_at_start"], res["loadavg_at_end"]))
+          + " (other users' jobs included)")
     print(f"{'':30}{'time':>9}{'images/s':>10}{'speedup':>9}  {'pixels differing':>17}"
           f"  {'same iters':>10}  target")
     print(f"{'':30}{'':>9}{'':>10}{'':>9}  {'max / mean':>17}")
@@ -385,12 +394,15 @@ def main(argv=None) -> int:
 
     res: dict = {"device": dev, "device_name": torch.cuda.get_device_name() if
                  dev.startswith("cuda") else platform.processor() or platform.machine(),
-                 "threads": args.threads, "torch": torch.__version__}
+                 "threads": args.threads, "torch": torch.__version__,
+                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                 "loadavg_at_start": os.getloadavg()}
     if not args.only_classic:
         res.update(bench_layer(args))
     res.update(bench_classic(args))
     if not args.only_classic:
         print_layer(res, args)
+    res["loadavg_at_end"] = os.getloadavg()
     print_classic(res, args.threads)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
