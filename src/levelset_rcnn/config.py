@@ -515,8 +515,7 @@ def _check_ranges(cfg: Config) -> None:
                                   f"{', '.join(_HYPER_NAMES)})")
             if not (_number(v) and 0 < v < 2):
                 raise _refuse(f"model.hyper_init.{name}", "a number in (0, 2)", v)
-    uses_mask_resolution = m.arch == "mask_rcnn" or m.mask_head_type in ("binary", "lsloss")
-    if uses_mask_resolution and m.mask_resolution not in (28, 112):
+    if m.mask_resolution not in (28, 112):  # the binary / lsloss branches' two grids
         raise _refuse("model.mask_resolution", "28 or 112", m.mask_resolution)
     for kind in ("rpn", "box"):
         fg, bg = getattr(m, f"{kind}_fg_iou_thresh"), getattr(m, f"{kind}_bg_iou_thresh")
