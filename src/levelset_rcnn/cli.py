@@ -16,7 +16,7 @@ __all__ = ["main", "build_parser"]
 
 # Modules that define ``register(subparsers)``. Imported lazily so ``--help`` stays fast.
 _COMMANDS: tuple[str, ...] = tuple(f"levelset_rcnn.commands.{c}" for c in (
-    "train", "eval", "predict", "demo", "convert"))
+    "train", "eval", "predict", "demo", "convert", "export"))
 
 
 def build_parser() -> argparse.ArgumentParser:
