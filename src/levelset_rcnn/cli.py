@@ -2,7 +2,9 @@
 
 Each sub-command lives in its own module and registers itself through a
 ``register(subparsers)`` function listed in ``_COMMANDS``; ``main`` dispatches to the
-``func`` the sub-parser sets.
+``func`` the sub-parser sets. Positional items may come after options
+(``train --config C a=1 --output o b=2``): a sub-parser that sets ``extra_positionals`` to
+the name of its list of positionals gets the items argparse leaves over appended to it.
 """
 
 from __future__ import annotations
@@ -38,7 +40,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configure_threads()  # before torch is imported: thread count and OpenMP wait policy
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        dest = getattr(args, "extra_positionals", None)
+        if dest is None or any(item.startswith("-") for item in extras):
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        target = getattr(args, dest)
+        target.extend(type(target[0])(e) if target else e for e in extras)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for hints such as --resume
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

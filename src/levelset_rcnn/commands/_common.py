@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["add_override_args", "add_tta_args", "collect_overrides", "guarded",
+__all__ = ["add_override_args", "add_tta_args", "collect_overrides", "guarded", "os_error_line",
            "prepare_output_dir", "tta_overrides", "OutputDirError"]
 
 
@@ -83,14 +84,35 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from ..data.errors import DatasetError
     from ..data.lvis_json import LVISFormatError
     from ..engine import TrainingDivergedError
+    from ..engine.checkpoint import CheckpointError
     from ..modeling import WeightsUnavailableError
 
-    return (ConfigError, DatasetError, WeightsUnavailableError, FileNotFoundError,
-            FileExistsError, TrainingDivergedError, LVISFormatError)
+    return (ConfigError, DatasetError, WeightsUnavailableError, OSError,
+            TrainingDivergedError, LVISFormatError, CheckpointError)
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for a file-system error: the file or folder, the cause and, for a full disk or
+    a read-only file system, which folder. (``FileNotFoundError("...")`` raised with a message
+    of ours is that message.)"""
+    if exc.errno is None:  # raised by us with a message
+        return str(exc)
+    why = exc.strerror or str(exc)
+    where = exc.filename
+    line = why if where is None or str(where) in why else f"{where}: {why}"
+    folder = Path(where).parent if where is not None else None
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT) and "full" not in line:
+        line += f" (the disk holding {folder} is full)"
+    elif exc.errno == errno.EROFS:
+        line += f" ({folder} is on a read-only file system)"
+    elif exc.errno == errno.EACCES and where is not None:
+        line += " (check that the output folder is writable)"
+    return line
 
 
 def guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn the expected user errors into one ``error: ...`` line and exit code 1."""
+    """Turn the expected user errors (a bad recipe, data, weights or path, a full or read-only
+    output folder) into one ``error: ...`` line and exit code 1."""
 
     @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
@@ -100,7 +122,8 @@ def guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
         except Exception as exc:
             if not isinstance(exc, _user_errors()):
                 raise
-            print(f"error: {exc}", file=sys.stderr)
+            line = os_error_line(exc) if isinstance(exc, OSError) else str(exc)
+            print(f"error: {line}", file=sys.stderr)
             return 1
 
     return run
