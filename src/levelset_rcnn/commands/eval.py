@@ -37,14 +37,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ann", type=Path, default=None, help="COCO instances JSON to evaluate on")
     p.add_argument("--output", type=Path, default=None,
                    help="folder for eval_results.json (default: next to WEIGHTS, in eval/)")
-    p.add_argument("--max-images", type=int, default=None, help="evaluate the first N only")
+    p.add_argument("--max-images", type=positive_int, default=None,
+                   help="evaluate the first N only (N >= 1)")
+    p.add_argument("--class-map", nargs="+", default=None, metavar="CKPT=JSON",
+                   help="how the checkpoint's classes correspond to the dataset's, when their "
+                        "names differ (refused otherwise): CKPT=JSON pairs of class names, "
+                        "CKPT=- to drop a class's detections, or one JSON file holding an "
+                        "object of such pairs (null drops)")
     p.add_argument("--overwrite", action="store_true",
                    help="write into an existing, non-empty output folder")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_tta_args(p)
     add_override_args(p)
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, extra_positionals="overrides")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 #: Row names of the mask rows :func:`~levelset_rcnn.engine.tables.metrics_table` returns.
@@ -70,14 +87,16 @@ def _run(args: argparse.Namespace) -> int:
     from ..comm import cleanup, get_rank, get_world_size, init_distributed, resolve_device
     from ..data import CocoInstanceDataset
     from ..engine import load_trained_model, metrics_table
-    from ..engine.data import build_datasets, build_val_loader
+    from ..engine.classes import FilteredEvaluator, class_list, parse_class_map, resolve_classes
+    from ..engine.data import base_dataset, build_datasets, build_val_loader
     from ..engine.inference import build_evaluator, evaluate_model, tta_kwargs
     from ..engine.tables import format_metrics
 
     overrides = collect_overrides(args) + tta_overrides(args)
     if args.device:
         overrides.append(f"train.device={args.device}")
-    model, cfg, _ = load_trained_model(args.weights, config=args.config, overrides=overrides)
+    class_map = parse_class_map(args.class_map)
+    model, cfg, meta = load_trained_model(args.weights, config=args.config, overrides=overrides)
     out = args.output or args.weights.parent / "eval"
     device = resolve_device(cfg.train.device)
     init_distributed(device)
@@ -91,10 +110,20 @@ def _run(args: argparse.Namespace) -> int:
             ds = CocoInstanceDataset(args.images, args.ann, train=False)
         else:
             ds = build_datasets(cfg, splits=("val",))["val"]
+        # The model's classes against the dataset's, before any inference.
+        base = base_dataset(ds)
+        predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
+        n_model = getattr(getattr(predictor, "cls_score", None), "out_features", None)
+        mapping, dropped = resolve_classes(class_list(meta), base, class_map=class_map,
+                                           model_num_classes=n_model, source=str(args.weights))
+        base.label_to_cat_id = mapping  # model label -> this dataset's category id
+        max_images = args.max_images if args.max_images is not None else cfg.eval.max_images
         loader = build_val_loader(ds, rank=get_rank(), world_size=get_world_size(),
-                                  max_images=args.max_images or cfg.eval.max_images)
+                                  max_images=max_images)
         model.to(device)
         evaluator = build_evaluator(ds, model, cfg.eval, output_dir=out)
+        if dropped:
+            evaluator = FilteredEvaluator(evaluator, dropped)
         results = evaluate_model(model, loader, evaluator, device,
                                  progress=not args.no_progress, **tta_kwargs(cfg.eval))
         if get_rank() == 0:

@@ -15,11 +15,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "predict", help="predict on images or folders: overlays, COCO results, polygons",
         description="Run WEIGHTS on image files and/or folders (png, jpg, bmp, tif, webp). "
                     "Writes OUTPUT/overlays/<stem>.png (masks, sub-pixel contours of the "
-                    "level set, boxes, labels), OUTPUT/results.json (COCO results: xywh "
+                    "level set, boxes, labels; <name with suffix>.png, with parent folders "
+                    "for the same name in two folders, where stems clash; "
+                    "OUTPUT/overlays.json maps inputs to overlays), OUTPUT/results.json (COCO "
+                    "results: xywh "
                     "boxes, RLE masks; image ids in OUTPUT/image_ids.json) and, with "
                     "--polygons, OUTPUT/polygons.json (per image, per instance: label, score, "
                     "box and closed (x, y) polygons). An image that cannot be read is "
-                    "skipped with a message; the others go on.")
+                    "skipped with a message; the others go on (exit code 1 if none could "
+                    "be read).")
     p.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER")
     p.add_argument("--weights", type=Path, required=True, help="trained model file")
     p.add_argument("--output", type=Path, default=Path("predictions"),
@@ -37,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="set_overrides", nargs="+", default=[], metavar="KEY=VALUE",
                    help="recipe overrides, e.g. model.box_detections_per_img=50")
     add_tta_args(p)
-    p.set_defaults(func=_run, overrides=[])
+    p.set_defaults(func=_run, overrides=[], extra_positionals="inputs")
 
 
 @guarded

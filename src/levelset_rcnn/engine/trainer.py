@@ -37,9 +37,11 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from .classes import check_same_classes, class_list
 from .data import base_dataset, build_datasets, build_train_loader, build_val_loader
 from .freeze import check_resume_freeze, prepare_model, set_train_mode
 from .inference import build_evaluator, evaluate_model, tta_kwargs
+from .run_dir import truncate_metrics
 from .solver import build_optimizer, lr_at, set_lr
 from .tables import metrics_table
 
@@ -86,6 +88,10 @@ class Trainer:
         num_classes = base.num_classes
         self.meta = {"class_names": list(base.class_names),
                      "label_to_cat_id": dict(base.label_to_cat_id)}
+        if "val" in self.datasets:  # one model, one set of classes (engine/classes.py)
+            check_same_classes(class_list(self.meta), class_list(base_dataset(
+                self.datasets["val"])), a_name=f"the training set {base.ann_file}",
+                b_name=f"the validation set {base_dataset(self.datasets['val']).ann_file}")
         if model is None:
             model = build_model(cfg.model, num_classes=num_classes)
         self.model = model.to(self.device)
@@ -122,6 +128,8 @@ class Trainer:
     def _resume(self) -> None:
         path = self.output_dir / LAST_CHECKPOINT
         ckpt = load_checkpoint(path, map_location="cpu")
+        check_same_classes(class_list(ckpt.get("meta") or {}), class_list(self.meta),
+                           a_name=f"{path}", b_name="the training set given now")
         check_resume_freeze(ckpt, self.cfg.train, path)
         comm.unwrap(self.model).load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -194,6 +202,8 @@ class Trainer:
         set_train_mode(self.model, cfg.train.freeze)  # frozen parts stay in eval mode
         bar = tqdm(total=max_iter, initial=self.start_iter, desc="train", unit="it",
                    disable=not (self.progress and main), dynamic_ncols=True)
+        if main:  # records after the resumed iteration are about to be written again
+            truncate_metrics(self.output_dir / "metrics.jsonl", self.start_iter)
         log_file = (self.output_dir / "metrics.jsonl").open("a") if main else None
         metrics: dict[str, Any] = {}
         t_log, it_log = time.perf_counter(), self.start_iter
