@@ -949,7 +949,7 @@ def print_summary(rec: Record) -> None:
     n_fail = sum(not c["passed"] for c in checks)
     print(f"\n=== summary: {d['device_name']}, torch {d['torch']}"
           f"{', quick' if d['quick'] else ''} ===")
-    print(f"{'section':<14}{'status':<10}{'time':>7}  result")
+    print(f"{'section':<18}{'status':<9}{'time':>7}  result")
     for name, s in d["sections"].items():
         sec_checks = [c for c in checks if c["section"] == name]
         if name in CORRECTNESS and sec_checks:
@@ -960,7 +960,7 @@ def print_summary(rec: Record) -> None:
         if s["status"] == "error":
             result = f"{s['error'][:70]}"
         secs = f"{s['seconds']:.1f}s" if "seconds" in s else ""
-        print(f"{name:<14}{s['status']:<10}{secs:>7}  {result}")
+        print(f"{name:<18}{s['status']:<9}{secs:>7}  {result}")
     if "paper_timing" in d:
         p = d["paper_timing"]
         print(f"\neval, {p['input'][0]}x{p['input'][1]}, {p['detections_wanted']} detections "
