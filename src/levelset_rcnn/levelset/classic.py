@@ -30,6 +30,8 @@ uses):
   sums ``sum H``, ``sum I H`` that the next iteration's ``c1``, ``c2`` need;
 * the update is divided through by ``delta`` (``phi (eps^2 + phi^2) + dt eps (...)`` over
   ``eps^2 + phi^2 + mu dt eps sum C``): the same quantity with one division instead of two;
+  the data term is ``(alpha I + beta) I + gamma`` with per-image coefficients computed once
+  per iteration from the region sums, not the averages' divisions inside the pixel loop;
 * float32 unless the images are float64 (see below); images that have stopped leave the
   batch, so the others do not wait for them and they are not computed further.
 
@@ -130,30 +132,42 @@ def _normalise(images: Tensor) -> Tensor:
     return torch.where(hi != 0, x / torch.where(hi != 0, hi, torch.ones_like(hi)), x)
 
 
-def _cv_step(P: Tensor, Q: Tensor, img: Tensor, n1: Tensor, s1: Tensor, s_tot: Tensor,
-             coef: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _data_coefficients(n1: Tensor, s1: Tensor, s_tot: Tensor, n_pix: int, lambda1: float,
+                       lambda2: float) -> Tensor:
+    """The data term ``-lambda1 (I - c1)^2 + lambda2 (I - c2)^2`` as ``(alpha I + beta) I +
+    gamma`` per image and channel, from the region sums: ``(B, C, 3)``.
+
+    ``c1``, ``c2`` are the hard averages; scikit-image gives an empty region the average 0."""
+    n1 = n1[:, None]
+    n2 = n_pix - n1
+    s2 = s_tot - s1
+    c1 = torch.where(n1 > 0, s1 / n1, s1)
+    c2 = torch.where(n2 > 0, s2 / n2, s2)
+    alpha = torch.full_like(c1, lambda2 - lambda1)
+    beta = 2.0 * (lambda1 * c1 - lambda2 * c2)
+    gamma = lambda2 * c2 * c2 - lambda1 * c1 * c1
+    return torch.stack([alpha, beta, gamma], dim=2)
+
+
+def _cv_step(P: Tensor, Q: Tensor, img: Tensor, abc: Tensor, coef: Tensor
+             ) -> tuple[Tensor, Tensor, Tensor]:
     """One iteration for a batch. Reads ``P`` and writes the interior of ``Q``.
 
     Args:
         P, Q: ``(B, H + 2, W + 2)`` level sets padded by edge replication (``Q``'s border is
             left to :func:`_replicate_border`).
         img: ``(B, C, H, W)`` normalised images.
-        n1: ``(B, 1, 1, 1)`` pixels with ``phi > 0``; s1, s_tot: ``(B, C, 1, 1)`` the sums of
-            the image over those pixels and over all.
-        coef: ``(6,)`` ``mu, lambda1, lambda2, dt eps, eps^2, mu dt eps``.
+        abc: ``(B, C, 3)`` data-term coefficients (:func:`_data_coefficients`).
+        coef: ``(4,)`` ``mu, dt eps, eps^2, mu dt eps``.
 
     Returns:
-        ``sum((phi_new - phi)^2)`` ``(B,)`` and the new ``n1``, ``s1``.
+        ``sum((phi_new - phi)^2)`` ``(B,)``, and for the next iteration's averages the pixels
+        with ``phi_new > 0`` ``(B,)`` and the image's sums over them ``(B, C)``.
     """
-    mu, l1, l2, a, e2, b = (coef[i] for i in range(6))
+    mu, a, e2, b = (coef[i] for i in range(4))
     c = P[:, 1:-1, 1:-1]
     r, left = P[:, 1:-1, 2:], P[:, 1:-1, :-2]
     d, u = P[:, 2:, 1:-1], P[:, :-2, 1:-1]
-    n_tot = c.shape[1] * c.shape[2]
-    n2 = n_tot - n1
-    s2 = s_tot - s1
-    c1 = torch.where(n1 > 0, s1 / n1, s1)  # scikit-image: an empty region has average 0
-    c2 = torch.where(n2 > 0, s2 / n2, s2)
     x0 = (r - left) * 0.5
     y0 = (d - u) * 0.5
     x0s = x0 * x0 + ETA
@@ -163,14 +177,24 @@ def _cv_step(P: Tensor, Q: Tensor, img: Tensor, n1: Tensor, s1: Tensor, s_tot: T
     C3 = torch.rsqrt((d - c) ** 2 + x0s)
     C4 = torch.rsqrt((c - u) ** 2 + x0s)
     K = r * C1 + left * C2 + d * C3 + u * C4
-    data = (l2 * (img - c2) ** 2 - l1 * (img - c1) ** 2).mean(1)
+    alpha, beta, gamma = (abc[:, :, k, None, None] for k in range(3))
+    gray = img.shape[1] == 1  # static under torch.compile
+    if gray:
+        im = img[:, 0]
+        data = (alpha[:, 0] * im + beta[:, 0]) * im + gamma[:, 0]
+    else:
+        data = ((alpha * img + beta) * img + gamma).mean(1)
     q = e2 + c * c  # eps / delta
     new = (c * q + a * (mu * K + data)) / (q + b * (C1 + C2 + C3 + C4))
     Q[:, 1:-1, 1:-1] = new
+    # Read the new level set back through Q: the reductions then run in the stencil's loop
+    # (compiled) instead of a second pass over a separate buffer.
+    new = Q[:, 1:-1, 1:-1]
     change = ((new - c) ** 2).sum((1, 2))
     inside = (new > 0).to(new.dtype)
-    return (change, inside.sum((1, 2)).view(-1, 1, 1, 1),
-            (img * inside[:, None]).sum((2, 3), keepdim=True))
+    s1 = ((img[:, 0] * inside).sum((1, 2))[:, None] if gray
+          else (img * inside[:, None]).sum((2, 3)))
+    return change, inside.sum((1, 2)), s1
 
 
 def _replicate_border(Q: Tensor) -> None:
@@ -293,15 +317,15 @@ def chan_vese(
     _replicate_border(P)
     Q = torch.empty_like(P)
     inside = (phi0 > 0).to(dtype)
-    n1 = inside.sum((1, 2)).reshape(-1, 1, 1, 1).clone()
-    s1 = (feats * inside[:, None]).sum((2, 3), keepdim=True)
-    s_tot = feats.sum((2, 3), keepdim=True)
-    coef = torch.tensor([mu, lambda1, lambda2, dt * eps, eps * eps, mu * dt * eps],
-                        dtype=dtype, device=device)
+    n1 = inside.sum((1, 2))
+    s1 = (feats * inside[:, None]).sum((2, 3))
+    s_tot = feats.sum((2, 3))
+    coef = torch.tensor([mu, dt * eps, eps * eps, mu * dt * eps], dtype=dtype, device=device)
     active = torch.arange(B)  # original indices of the images still running
     n_pix = height * width
     for i in range(num_iters):
-        change, n1, s1 = _run_step(use_compile, P, Q, feats, n1, s1, s_tot, coef)
+        abc = _data_coefficients(n1, s1, s_tot, n_pix, lambda1, lambda2)
+        change, n1, s1 = _run_step(use_compile, P, Q, feats, abc, coef)
         _replicate_border(Q)
         P, Q = Q, P
         rms = [math.sqrt(max(v, 0.0) / n_pix) for v in change.tolist()]
