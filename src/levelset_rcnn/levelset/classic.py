@@ -36,9 +36,11 @@ uses):
   batch, so the others do not wait for them and they are not computed further.
 
 Without a working ``torch.compile`` (no C++ compiler, say) the same step runs eagerly, on
-chunks of a few images so that its temporaries stay in the cache: several times slower than
-the compiled step, still faster than scikit-image. Small problems run eagerly anyway, because
-compiling costs seconds (see ``compile`` below).
+chunks of a few images so that its temporaries stay in the cache: about 6x slower than the
+compiled step, about 3x faster than scikit-image (``benchmarks/bench_chan_vese.py``). It runs
+hundreds of small parallel operations per iteration, so on a loaded machine it needs
+``OMP_WAIT_POLICY=PASSIVE`` (:mod:`levelset_rcnn.threads`; measured: 25x slower without).
+Small problems run eagerly anyway, because compiling costs seconds (see ``compile`` below).
 
 Precision: float32 gives the same segmentation as scikit-image's float64 computation (within
 a few pixels in 10^5 on scikit-image's sample images, same iteration counts; the tests and the
