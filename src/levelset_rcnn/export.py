@@ -41,6 +41,11 @@ What tracing needs, and where it is done:
 * Level-set layers return early for zero RoIs, which a trace made on an image without
   detections would bake in. :func:`traceable` therefore evolves one extra dummy RoI
   alongside the detections (dropped before the outputs), so no traced layer sees zero RoIs.
+* torchvision's RoI poolers merge their FPN levels for ONNX with ``expand`` to each level's
+  RoI count, which the exporter freezes to the trace-time count (the values come out of a
+  sequence op, whose shape ONNX cannot infer, so the traced shape is used): an image whose
+  RoIs fall into the levels differently fails in onnxruntime ("invalid expand shape").
+  :func:`traceable` merges them by a gather with no count in the graph instead.
 * torchvision's RoI poolers infer the FPN levels' scales at their first call and keep them;
   :func:`traceable` has them inferred again at the exported size (as a fresh model would).
 * torchvision pastes masks with its ONNX loop (``_onnx_paste_masks_in_image_loop``) when
@@ -63,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision.ops.poolers
 from torch import Tensor, nn
 from torchvision.ops import MultiScaleRoIAlign
 
@@ -143,6 +149,14 @@ def _centred_sq_norm_vectorised(Ff: Tensor, m: Tensor) -> Tensor:
     return (Ff - m.unsqueeze(-1)).square().sum(1)
 
 
+def _merge_levels(levels: Tensor, per_level: list[Tensor]) -> Tensor:
+    """The RoIAlign results of each FPN level back in RoI order (for torchvision's
+    ``_onnx_merge_levels``), with no per-level RoI count in the graph: the levels'
+    results are concatenated in level order and gathered back by the inverse permutation."""
+    order = torch.cat([torch.nonzero(levels == k).flatten() for k in range(len(per_level))])
+    return torch.cat(per_level)[torch.argsort(order)]
+
+
 def _constant_of_weights(fn: Any, model: nn.Module) -> Any:
     """``fn`` evaluated outside the trace when its first argument is (a view of) a weight of
     ``model``: the result is a constant of the graph (exact, the weights being fixed). For
@@ -197,6 +211,8 @@ def traceable(model: nn.Module) -> Iterator[nn.Module]:
                                      _centred_sq_norm_vectorised))
         stack.enter_context(_patched(torch.linalg, "qr",
                                      _constant_of_weights(torch.linalg.qr, model)))
+        stack.enter_context(_patched(torchvision.ops.poolers, "_onnx_merge_levels",
+                                     _merge_levels))
         if roi_heads is not None and getattr(roi_heads, "mask_branch", None) is not None:
             roi_heads.mask_maps = _dummy_roi_mask_maps(roi_heads.mask_maps)
             stack.callback(delattr, roi_heads, "mask_maps")
