@@ -176,6 +176,23 @@ def _evaluate(trainer: Any) -> tuple[dict[str, dict], list[str]]:
     return {p: ev.evaluate() for p, ev in evs.items()}, digests
 
 
+def _write_partial(args: argparse.Namespace, report: dict[str, Any], dataset: str,
+                   raw: dict[str, Any], timing: dict[str, Any]) -> None:
+    """The JSON after every finished run, so that a long run cut short keeps its rows."""
+    if not args.json:
+        return
+    partial = dict(report)
+    partial[dataset] = {proto: {row: {m: _stats(v) for m, v in cells.items()}
+                                for row, cells in rows.items()} for proto, rows in raw.items()}
+    partial["_meta"] = {"seeds": args.seeds, "iters": args.iters,
+                        "detector_iters": args.detector_iters, "backbone": args.backbone,
+                        "timing": timing, "identical_detections": True, "complete": False,
+                        "runs": {row: len(next(iter(c.values()))) for row, c in
+                                 raw["detections"].items()}}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(partial, indent=2))
+
+
 def _stats(values: list[float]) -> dict[str, float]:
     vals = [v for v in values if not math.isnan(v)]
     if not vals:
@@ -222,9 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         timing[dataset] = {"detector_s": round(time.perf_counter() - t0, 1), "rows": {}}
         raw: dict[str, dict[str, dict[str, list[float]]]] = {"detections": {}, "gt_boxes": {}}
         ref_digest = None
-        for group in args.rows:
-            arch, extra, keys = ROWS[group]
-            for seed in args.seeds:
+        # seed-major: a run cut short still has every row for its first seeds
+        for seed in args.seeds:
+            for group in args.rows:
+                arch, extra, keys = ROWS[group]
                 out = work / group / f"seed{seed}"
                 trainer, wall = _train(recipe, common + _budget(args.iters) + list(extra) + [
                     f"model.arch={arch}", f"train.seed={seed}", f"train.output_dir={out}",
@@ -245,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                         for m in METRICS:
                             cell[m].append(float(segm.get(m, math.nan)))
                         cell["box_AP"].append(float(res.get("bbox", {}).get("AP", math.nan)))
+                _write_partial(args, report, dataset, raw, timing)
         report[dataset] = {proto: {row: {m: _stats(v) for m, v in cells.items()}
                                    for row, cells in rows.items()}
                            for proto, rows in raw.items()}
@@ -258,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r[m]['mean']:.1f} ± {r[m]['std']:.1f}" for m in cols) + " |")
     report["_meta"] = {"seeds": args.seeds, "iters": args.iters,
                        "detector_iters": args.detector_iters, "backbone": args.backbone,
-                       "timing": timing, "identical_detections": True}
+                       "timing": timing, "identical_detections": True, "complete": True}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
