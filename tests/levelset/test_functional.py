@@ -16,6 +16,21 @@ def test_heaviside_dirac_match_eq4(eps):
     assert math.isclose(dirac(torch.tensor(0.0), eps).item(), 1 / math.pi, rel_tol=1e-6)
 
 
+def test_heaviside_out_is_bitwise_the_same():
+    x = torch.linspace(-5, 5, 1001, dtype=torch.float32)
+    out = torch.empty_like(x)
+    assert heaviside(x, 0.3, out=out) is out
+    assert torch.equal(out, heaviside(x, 0.3))
+
+
+def test_curvature_with_floor_matches_reference():
+    torch.manual_seed(2)
+    phi = 0.05 * torch.randn(3, 1, 12, 12, dtype=torch.float64)
+    floor = torch.tensor([1e-5, 0.02, 0.3], dtype=torch.float64).view(3, 1, 1, 1)
+    torch.testing.assert_close(curvature(phi, 1e-4, floor), ref_curvature(phi, 1e-4, floor))
+    assert not torch.allclose(curvature(phi, 1e-4, floor)[1:], curvature(phi, 1e-4)[1:])
+
+
 def test_heaviside_grad_is_derivative():
     x = torch.linspace(-3, 3, 101, dtype=torch.float64, requires_grad=True)
     (g,) = torch.autograd.grad(heaviside(x, 0.3).sum(), x)

@@ -16,7 +16,9 @@ Conventions
   the slope in units per pixel, with replicate padding at the border (the RoI has no outside).
 * The curvature ``div(grad phi / |grad phi|)`` divides by ``sqrt(|grad phi|^2 + eta^2)``:
   ``eta`` keeps flat regions (a truncated TSDF is flat away from the boundary) finite in values
-  and in gradients.
+  and in gradients. Its Jacobian there is still of order ``1 / eta``; the Chan-Vese layers
+  bound what an explicit step does with it through ``floor`` (see
+  :func:`levelset_rcnn.levelset.chan_vese.curvature_floor`).
 """
 
 from __future__ import annotations
@@ -42,9 +44,13 @@ CURVATURE_ETA = 1e-4
 _INV_PI = 1.0 / math.pi
 
 
-def heaviside(x: Tensor, eps: Tensor | float) -> Tensor:
-    """Soft Heaviside ``H_eps(x) = 1/2 (1 + 2/pi atan(x / eps))`` (eq. 4), values in (0, 1)."""
-    return 0.5 + _INV_PI * torch.atan(x / eps)
+def heaviside(x: Tensor, eps: Tensor | float, *, out: Tensor | None = None) -> Tensor:
+    """Soft Heaviside ``H_eps(x) = 1/2 (1 + 2/pi atan(x / eps))`` (eq. 4), values in (0, 1).
+
+    With ``out`` (not differentiable), written there; the same values bit for bit."""
+    if out is None:
+        return 0.5 + _INV_PI * torch.atan(x / eps)
+    return torch.atan(x / eps, out=out).mul_(_INV_PI).add_(0.5)
 
 
 def dirac(x: Tensor, eps: Tensor | float) -> Tensor:
@@ -93,15 +99,23 @@ def sobel(phi: Tensor) -> tuple[Tensor, Tensor]:
     return _sobel_x8(phi) * 0.125, _sobel_y8(phi) * 0.125
 
 
-def curvature(phi: Tensor, eta: float = CURVATURE_ETA) -> Tensor:
+def curvature(phi: Tensor, eta: float = CURVATURE_ETA, floor: Tensor | None = None) -> Tensor:
     """Mean curvature term ``div(grad phi / |grad phi|)`` of ``phi: (R, 1, H, W)``.
 
     Both the gradient and the divergence use :func:`sobel`; ``|grad phi|`` is regularised as
-    ``sqrt(|grad phi|^2 + eta^2)``. Returns ``(R, 1, H, W)``, same dtype as ``phi``.
+    ``sqrt(|grad phi|^2 + eta^2)``, and with ``floor`` (a tensor broadcastable to ``phi``, in
+    the same units of phi per pixel) as ``max(sqrt(|grad phi|^2 + eta^2), floor)``, so that
+    the normal's Jacobian is at most ``1 / floor``. Where the first term is the larger (every
+    pixel when ``floor <= eta``) the result is bit for bit the one without ``floor``.
+    Returns ``(R, 1, H, W)``, same dtype as ``phi``.
     """
     _check_batch(phi)
     # With gradients kept at 8x scale, n = g / sqrt(g^2 + (8 eta)^2) is unchanged, and the
     # divergence's 1/8 is applied once at the end: fewer passes over the maps.
     gx, gy = _sobel_x8(phi), _sobel_y8(phi)
     inv_norm = torch.rsqrt(gx * gx + gy * gy + 64.0 * eta * eta)
+    if floor is not None:
+        # 1 / max(8 |g|_eta, 8 floor) as a minimum of reciprocals: unchanged rsqrt values
+        # wherever the floor does not bind.
+        inv_norm = torch.minimum(inv_norm, 0.125 / floor)
     return (_sobel_x8(gx * inv_norm) + _sobel_y8(gy * inv_norm)).mul_(0.125)
