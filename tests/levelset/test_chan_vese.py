@@ -4,7 +4,11 @@ import pytest
 import torch
 
 from levelset_rcnn.levelset import ChanVese, chan_vese_evolve
+from levelset_rcnn.levelset.chan_vese import CURVATURE_STEP_BOUND
 from levelset_rcnn.levelset.reference import ref_chan_vese
+
+#: The layer's default (the curvature floor) and eq. 8 as printed.
+BOUNDS = [CURVATURE_STEP_BOUND, None]
 
 
 def _inputs(R=3, C=4, M=12, N=3, dtype=torch.float64, seed=0):
@@ -21,11 +25,12 @@ def _inputs(R=3, C=4, M=12, N=3, dtype=torch.float64, seed=0):
     return phi0, feats, hp
 
 
+@pytest.mark.parametrize("step_bound", BOUNDS)
 @pytest.mark.parametrize("return_all", [False, True])
-def test_matches_line_by_line_reference_float64(return_all):
+def test_matches_line_by_line_reference_float64(return_all, step_bound):
     phi0, feats, hp = _inputs(R=4, C=5, M=16, N=3)
-    ours = chan_vese_evolve(phi0, feats, **hp, return_all=return_all)
-    ref = ref_chan_vese(phi0, feats, **hp, return_all=return_all)
+    ours = chan_vese_evolve(phi0, feats, **hp, return_all=return_all, step_bound=step_bound)
+    ref = ref_chan_vese(phi0, feats, **hp, return_all=return_all, step_bound=step_bound)
     if not return_all:
         ours, ref = [ours], [ref]
     assert len(ours) == len(ref)
@@ -65,14 +70,16 @@ def test_gradcheck_all_inputs_together():
     assert torch.autograd.gradcheck(fn, tuple(leaves), eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
-def test_backward_matches_autograd_of_reference_float32():
+@pytest.mark.parametrize("step_bound", BOUNDS)
+def test_backward_matches_autograd_of_reference_float32(step_bound):
     phi0, feats, hp = _inputs(R=3, C=8, M=24, N=3, dtype=torch.float32, seed=5)
     feats = torch.relu(feats) * 3.0  # a large common offset, as ReLU features have
 
     def grads(fn):
         leaves = [t.clone().requires_grad_(True) for t in (phi0, feats, *hp.values())]
         p, f, l1, l2, mu, eps, dt = leaves
-        out = fn(p, f, lambda1=l1, lambda2=l2, mu=mu, eps=eps, dt=dt, return_all=True)
+        out = fn(p, f, lambda1=l1, lambda2=l2, mu=mu, eps=eps, dt=dt, return_all=True,
+                 step_bound=step_bound)
         w = torch.linspace(-1, 1, out[-1].numel()).view_as(out[-1])
         loss = (out[-1] * w).sum() + out[1].square().mean()
         return out[-1], torch.autograd.grad(loss, leaves)
@@ -182,5 +189,5 @@ def test_cpu_roi_chunking_gives_the_same_values_and_gradients(monkeypatch):
     chunked = run()
     for a, b in zip(chunked, whole, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    ref = ref_chan_vese(phi0, feats, **hp)
+    ref = ref_chan_vese(phi0, feats, **hp, step_bound=CURVATURE_STEP_BOUND)
     torch.testing.assert_close(chunked[0], ref, rtol=1e-6, atol=1e-9)

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from levelset_rcnn.levelset import ChanVese, UpsampledChanVese, bilinear_matrix, upsampled_sq_norm
+from levelset_rcnn.levelset.chan_vese import CURVATURE_STEP_BOUND
 
 
 def up(f, M):
@@ -30,15 +31,16 @@ def hyper(R, N, dtype):
     )
 
 
-def test_equals_core_chan_vese_forward_and_backward():
+@pytest.mark.parametrize("step_bound", [CURVATURE_STEP_BOUND, None])
+def test_equals_core_chan_vese_forward_and_backward(step_bound):
     torch.manual_seed(0)
     R, C, s, M, N = 3, 5, 7, 28, 3
     dt64 = torch.float64
     f = (torch.randn(R, C, s, s, dtype=dt64) + 3.0).requires_grad_()  # offset: like ReLUs
     phi0 = up(torch.tanh(torch.randn(R, 1, s, s, dtype=dt64)), M).requires_grad_()
     hp = {k: v.requires_grad_() for k, v in hyper(R, N, dt64).items()}
-    a = ChanVese(N)(phi0, up(f, M), **hp)
-    b = UpsampledChanVese(N)(phi0, f, **hp)
+    a = ChanVese(N, step_bound=step_bound)(phi0, up(f, M), **hp)
+    b = UpsampledChanVese(N, step_bound=step_bound)(phi0, f, **hp)
     assert (a - phi0).abs().max() > 1e-3  # the evolution does something
     torch.testing.assert_close(b, a)
     inputs = [phi0, f, *hp.values()]

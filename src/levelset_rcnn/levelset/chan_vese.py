@@ -13,8 +13,17 @@ expanded as ``||F - c||^2 = ||F||^2 - 2 F.c + ||c||^2``, so that a step reads ``
 twice (``F^T H`` for the region means, then ``F.w`` with ``w = lambda1 c1 - lambda2 c2``), both
 as batched matrix-vector products, and nothing of the size of ``F`` is created. The backward
 pass is written by hand: it reads ``F`` twice per step and writes the gradient of ``F`` once,
-as one low-rank product ``sum_k a_k (x) b_k`` plus one in-place ``F * g`` term. What is saved for
-it is of the size of ``phi`` (per step) and of ``c`` (per step), never of ``F``.
+as one low-rank product ``sum_k a_k (x) b_k`` plus one in-place ``F * g`` term.
+
+What the forward pass keeps for the backward pass is, besides the inputs, the level sets
+``phi_1 .. phi_{N-1}`` and ``q = ||F - m||^2`` (``N`` maps of the size of ``phi``) and per
+step the vectors ``c1, c2, w`` and the area ``a``: never anything of the size of ``F``, and
+not the speed ``V`` of each step, which the backward pass recomputes inside a read of ``F``
+it makes anyway (``F.w`` and ``F.g_fH`` as one two-row product), nor ``H``, which it writes
+straight into the buffer of the low-rank gradient of ``F``. On the CPU the RoI chunks write
+their state into whole-batch tensors allocated before the first chunk's temporaries, so the
+kept state does not pin freed heap blocks. Only the level sets asked for are outputs
+(``phi_N``, or all with ``return_all``); gradients of unused ones are never materialised.
 
 Numerical choices (all exact identities or documented regularisers):
 
@@ -23,13 +32,48 @@ Numerical choices (all exact identities or documented regularisers):
   ``||F||^2 - 2 F.c + ||c||^2`` for features with a large common offset (ReLU outputs).
 * Region means divide by ``sum H + kappa`` (``kappa = 1e-4`` pixel): an empty region gives a
   zero mean and finite gradients instead of 0/0.
-* The curvature uses ``CURVATURE_ETA`` (see :mod:`.functional`).
+* The curvature uses ``CURVATURE_ETA`` (see :mod:`.functional`) and, per step, the floor
+  ``tau = dt mu / (pi B)`` with ``B =`` :data:`CURVATURE_STEP_BOUND` under ``|grad phi|``
+  (below).
 * The evolving state (``phi``, ``c1``, ``c2``) is float32 (float64 if the inputs are float64),
   also under autocast: half-precision features are upcast on entry.
+
+Stiffness at flat level sets, and the curvature floor
+-----------------------------------------------------
+Where ``grad phi`` vanishes (a truncated TSDF's plateaus; all of an untrained TSDF head's
+nearly flat ``phi_0``) the normal ``g / sqrt(|g|^2 + eta^2)`` has a Jacobian of ``1 / eta =
+1e4``, and the explicit step (eq. 7) turns the curvature term into a diffusion of number
+``D = dt mu delta / |grad phi|_eta``. An explicit diffusion step amplifies perturbations once
+``D`` exceeds 2 (the Sobel Laplacian's spectrum is in ``[-1, 0]``), so with ``delta`` up to
+``1/pi`` the layer is ill-conditioned as soon as ``dt mu / (pi eta) > 2``, i.e. ``dt mu >
+6e-4``: a larger ``eta`` cannot fix this over the head's range (``dt mu`` up to 4 would need
+``eta ~ 0.6``, ten times the TSDF's own slope of 1/12 per pixel), and clamping ``dt`` would
+change every step. Instead the layer divides by ``max(|grad phi|_eta, tau)`` with ``tau = dt
+mu / (2 pi)``: that keeps ``D <= 2`` everywhere, for any hyperparameters, and is eq. 8 as
+printed wherever ``|grad phi|_eta >= tau``, i.e. wherever the printed explicit step is
+stable; it binds only where it would amplify. Forward and backward share the definition
+(:func:`curvature_floor`; the backward differentiates it with respect to ``phi``, ``mu`` and
+``dt``), and ``step_bound=None`` restores eq. 8 as printed.
+
+Measured (float64, max ``|d phi_N / d phi_0|`` seen through four random cotangents; the 28 x
+28 disc TSDF with plateaus upsampled to 112 x 112, tests/levelset/test_stiffness.py), before
+-> after: curvature alone (constant features) 1.2 -> 1.0 at DEFAULT_INIT (lambda 1, mu 0.2,
+eps 0.1, dt 0.05), up to 8e11 -> 2.1 over lambda, mu, dt in {small, 2}, eps in {0.02 .. 2};
+with features 1.8 -> 1.8 at DEFAULT_INIT, up to 1e7 -> 244. What remains is the data term's
+own stiffness ``dt |V| |delta'|`` with ``|delta'| <= 0.21 / eps`` (eq. 4's Dirac, also with
+``mu -> 0``): 244 at eps = 0.02, at most 49 for eps >= 0.1. On the demo's model at
+initialisation (nearly flat phi_0, |grad phi| ~ 5e-3 px^-1 and less, inside the Dirac band)
+eq. 8 as printed is already stiff at DEFAULT_INIT: 293 -> 4.0.
+
+At DEFAULT_INIT ``tau = 1.6e-3`` px^-1 (1/50 of the TSDF slope): on a TSDF-like phi_0 the
+floor binds only at the plateaus' rims, where delta is 1/100 of its peak, and moves phi_N by
+at most 5e-5 (no mask pixel changes); on the nearly flat phi_0 of an untrained head it binds
+on most pixels and moves phi_N by up to 4e-3 (about 1% of mask pixels flip).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -37,8 +81,8 @@ from torch import Tensor, nn
 
 from .functional import CURVATURE_ETA, curvature, dirac, heaviside
 
-__all__ = ["ChanVese", "chan_vese_evolve", "REGION_KAPPA", "level_set_step", "region_terms",
-           "roi_chunks"]
+__all__ = ["ChanVese", "chan_vese_evolve", "CURVATURE_STEP_BOUND", "REGION_KAPPA",
+           "curvature_floor", "level_set_speed", "level_set_step", "region_terms", "roi_chunks"]
 
 #: Regulariser (in pixels) of the region areas in eq. 9.
 REGION_KAPPA = 1e-4
@@ -46,12 +90,43 @@ REGION_KAPPA = 1e-4
 CPU_CHUNK_ELEMENTS = 1 << 17
 #: Smallest Heaviside width used; smaller (or zero) eps is raised to it.
 EPS_FLOOR = 1e-12
+#: Bound on the explicit curvature step's diffusion number (see the module docstring and
+#: :func:`curvature_floor`); ``None`` in the layers' ``step_bound`` gives eq. 8 as printed.
+CURVATURE_STEP_BOUND = 2.0
 
 HyperParam = Tensor | float
 
 
 def _step_terms(phi: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
     return heaviside(phi, e), dirac(phi, e)
+
+
+def curvature_floor(
+    mu: Tensor, dt: Tensor, bound: float | None, eta: float = CURVATURE_ETA,
+) -> Tensor | None:
+    """The floor ``tau = dt mu / (pi bound)`` of the curvature's ``|grad phi|`` for one step
+    (see the module docstring), ``None`` when ``bound`` is ``None`` (eq. 8 as printed).
+
+    With it, the curvature part of a step, ``dt delta mu K``, has a Jacobian of at most
+    ``bound`` times that of the Sobel Laplacian (``delta <= 1/pi``): the explicit step stays
+    stable however large ``dt mu`` is. It is raised to ``eta / 2`` at least, where it never
+    binds (``|grad phi|_eta >= eta``), so ``dt mu -> 0`` gives finite gradients.
+
+    Args:
+        mu, dt: ``(R, 1)`` (or broadcastable) length weight and step size.
+    """
+    if bound is None:
+        return None
+    return (dt * mu * (1.0 / (math.pi * bound))).clamp_min(0.5 * eta)
+
+
+def _curvature(phi: Tensor, mu: Tensor, dt: Tensor, height: int, width: int, eta: float,
+               bound: float | None) -> Tensor:
+    """Curvature of flattened ``phi (R, P)`` with the step's floor: ``(R, P)``."""
+    R, P = phi.shape
+    floor = curvature_floor(mu, dt, bound, eta)
+    return curvature(phi.view(R, 1, height, width), eta,
+                     None if floor is None else floor.view(R, 1, 1, 1)).view(R, P)
 
 
 def region_terms(
@@ -78,8 +153,20 @@ def region_terms(
     c1m = (fh - REGION_KAPPA * m) / (a + REGION_KAPPA)[:, None]
     c2m = (-fh - REGION_KAPPA * m) / (P - a + REGION_KAPPA)[:, None]
     w = l1 * c1m - l2 * c2m
-    const = l2 * c2m.square().sum(1, keepdim=True) - l1 * c1m.square().sum(1, keepdim=True)
+    const = _region_const(c1m, c2m, l1, l2)
     return c1m, c2m, w, const
+
+
+def _region_const(c1m: Tensor, c2m: Tensor, l1: Tensor, l2: Tensor) -> Tensor:
+    return l2 * c2m.square().sum(1, keepdim=True) - l1 * c1m.square().sum(1, keepdim=True)
+
+
+def level_set_speed(
+    K: Tensor, q: Tensor, fw: Tensor, const: Tensor, l1: Tensor, l2: Tensor, mu: Tensor,
+) -> Tensor:
+    """The speed ``V = mu K + (l2 - l1) ||F - m||^2 + 2 (F - m).w + const`` of eq. 8 (see
+    :func:`level_set_step`); the backward pass recomputes it with this same expression."""
+    return mu * K + ((l2 - l1) * q + 2.0 * fw + const)
 
 
 def level_set_step(
@@ -97,7 +184,7 @@ def level_set_step(
     Returns:
         ``(phi_next, V)``, both ``(R, P)``.
     """
-    V = mu * K + ((l2 - l1) * q + 2.0 * fw + const)
+    V = level_set_speed(K, q, fw, const, l1, l2, mu)
     return phi + dt * d * V, V
 
 
@@ -114,11 +201,12 @@ def roi_chunks(R: int, P: int, device: torch.device) -> list[slice]:
 
 
 def _project(Ff: Tensor, x: Tensor) -> Tensor:
-    """``sum_p F[r, c, p] x[r, p]``: ``(R, C)``. A batched matrix-vector product; for a few
-    channels (classic mode) a fused multiply-sum is several times faster than ``bmm``."""
+    """``sum_p F[r, c, p] x[r, p]``: ``(R, C)``. A batched matrix-vector product, written as
+    ``x^T F^T`` (on the CPU several times faster than ``bmm(F, x)``, which MKL runs as a slow
+    batched gemv); for a few channels (classic mode) a fused multiply-sum is faster still."""
     if Ff.shape[1] <= _FEW_CHANNELS:
         return (Ff * x.unsqueeze(1)).sum(-1)
-    return torch.bmm(Ff, x.unsqueeze(-1)).squeeze(-1)
+    return torch.bmm(x.unsqueeze(1), Ff.transpose(1, 2)).squeeze(1)
 
 
 def _contract(Ff: Tensor, w: Tensor) -> Tensor:
@@ -126,6 +214,14 @@ def _contract(Ff: Tensor, w: Tensor) -> Tensor:
     if Ff.shape[1] <= _FEW_CHANNELS:
         return (Ff * w.unsqueeze(-1)).sum(1)
     return torch.bmm(w.unsqueeze(1), Ff).squeeze(1)
+
+
+def _contract_pair(Ff: Tensor, w: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """``(F.w, F.v)``, each ``(R, P)``; with ``bmm`` in one read of ``F``."""
+    if Ff.shape[1] <= _FEW_CHANNELS:
+        return _contract(Ff, w), _contract(Ff, v)
+    both = torch.bmm(torch.stack((w, v), 1), Ff)
+    return both[:, 0], both[:, 1]
 
 
 _FEW_CHANNELS = 4
@@ -143,6 +239,12 @@ def _centred_sq_norm(Ff: Tensor, m: Tensor) -> Tensor:
     return q
 
 
+#: What the forward pass keeps per RoI chunk for the backward pass, besides the inputs and
+#: the level sets ``phi_1 .. phi_{N-1}``: ``q = ||F - m||^2 (R, P)`` and per-RoI vectors.
+_STATE_KEYS = ("q", "m", "c1m", "c2m", "a", "w")
+_PER_STEP = ("c1m", "c2m", "a", "w")  # stacked (N, R, ...)
+
+
 def _forward_chunk(
     phi: Tensor,
     Ff: Tensor,
@@ -154,13 +256,17 @@ def _forward_chunk(
     *,
     width: int,
     eta: float,
+    bound: float | None,
     record: bool,
     keep_all: bool,
 ) -> tuple[list[Tensor], dict[str, Tensor]]:
     """Run the N steps on flattened tensors: ``phi (R, P)``, ``Ff (R, C, P)``.
 
     Returns the level sets (all of them when ``keep_all`` or ``record``; else only the last)
-    and, when ``record``, what the hand-written backward pass needs.
+    and, when ``record``, the per-chunk state of :data:`_STATE_KEYS`: ``q (R, P)``,
+    ``m (R, C)``, and stacked per step ``c1m, c2m, w (N, R, C)``, ``a (N, R)``. The speed
+    ``V`` is not kept: the backward pass recomputes it within a read of ``F`` it makes
+    anyway.
     """
     R, C, P = Ff.shape
     height = P // width
@@ -170,50 +276,75 @@ def _forward_chunk(
     q = _centred_sq_norm(Ff, m)  # ||F - m||^2: (R, P)
     l1, l2, mu_ = lambda1.unsqueeze(-1), lambda2.unsqueeze(-1), mu.unsqueeze(-1)
     phis = [phi]
-    saved: dict[str, list[Tensor]] = {"V": [], "c1m": [], "c2m": [], "a": [], "w": []}
+    small: dict[str, list[Tensor]] = {"c1m": [], "c2m": [], "a": [], "w": []}
     for n in range(num_steps):
-        e = eps[:, n : n + 1]
+        e, t = eps[:, n : n + 1], dt[:, n : n + 1]
         H, d = _step_terms(phi, e)
         a = H.sum(-1)  # inside area (R,)
         fh = _project(Ff, H) - m * a.unsqueeze(-1)  # sum_x (F - m) H: (R, C)
+        del H
         c1m, c2m, w, const = region_terms(fh, a, m, P, l1, l2)
         Fw = _contract(Ff, w) - (w * m).sum(-1, keepdim=True)  # (F - m).w: (R, P)
-        K = curvature(phi.view(R, 1, height, width), eta).view(R, P)
-        phi, V = level_set_step(phi, d, K, q, Fw, const, l1, l2, mu_, dt[:, n : n + 1])
+        K = _curvature(phi, mu_, t, height, width, eta, bound)
+        phi, _ = level_set_step(phi, d, K, q, Fw, const, l1, l2, mu_, t)
         if record:
-            for key, val in (("V", V), ("c1m", c1m), ("c2m", c2m), ("a", a), ("w", w)):
-                saved[key].append(val)
+            for key, val in (("c1m", c1m), ("c2m", c2m), ("a", a), ("w", w)):
+                small[key].append(val)
         if record or keep_all:
             phis.append(phi)
         else:
             phis = [phi]
-    extras = {k: torch.stack(v) for k, v in saved.items()} if record else {}
-    if record:
-        extras["q"], extras["m"] = q, m
-    return phis, extras
+    if not record:
+        return phis, {}
+    return phis, {"q": q, "m": m, **{k: torch.stack(v) for k, v in small.items()}}
+
+
+def _curvature_vjp(
+    phi: Tensor, mu: Tensor, dt: Tensor, cotangent: Tensor, *, height: int, width: int,
+    eta: float, bound: float | None,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """``K`` (recomputed) and the vector-Jacobian products of ``cotangent . K`` with respect
+    to ``phi (R, P)`` and, through the floor, ``mu, dt (R, 1)`` (``None`` without a floor).
+    The same :func:`_curvature` as the forward pass, differentiated by autograd."""
+    with torch.enable_grad():
+        phi_r = phi.detach().requires_grad_(True)
+        leaves = [phi_r]
+        if bound is not None:
+            mu, dt = mu.detach().requires_grad_(True), dt.detach().requires_grad_(True)
+            leaves += [mu, dt]
+        K = _curvature(phi_r, mu, dt, height, width, eta, bound)
+        grads = torch.autograd.grad(K, leaves, cotangent)
+    if bound is None:
+        return K.detach(), grads[0], None, None
+    return K.detach(), grads[0], grads[1][:, 0], grads[2][:, 0]
 
 
 def _backward_chunk(
-    grad_out: Tensor,
-    phis: Tensor,
+    g_out: Sequence[Tensor | None],
+    phis: Sequence[Tensor],
     Ff: Tensor,
     lambda1: Tensor,
     lambda2: Tensor,
     mu: Tensor,
     eps: Tensor,
     dt: Tensor,
-    saved: dict[str, Tensor],
+    state: dict[str, Tensor],
     *,
     width: int,
     eta: float,
+    bound: float | None,
     g_F_out: Tensor | None,
 ) -> tuple[Tensor, ...]:
-    """Gradients of one RoI chunk; writes the gradient of ``Ff`` into ``g_F_out`` if given."""
+    """Gradients of one RoI chunk; writes the gradient of ``Ff`` into ``g_F_out`` if given.
+
+    ``g_out[n]`` is the incoming gradient of ``phi_n`` (``None``: zero; ``n = 1 .. N``),
+    ``phis`` the level sets ``phi_0 .. phi_{N-1}``.
+    """
     R, C, P = Ff.shape
     height = P // width
     num_steps = eps.shape[1]
-    Vs, c1s, c2s, As, Ws = (saved[k] for k in ("V", "c1m", "c2m", "a", "w"))
-    q, m = saved["q"], saved["m"]
+    c1s, c2s, As, Ws = (state[k] for k in ("c1m", "c2m", "a", "w"))
+    q, m = state["q"], state["m"]
     l1, l2, mu_ = lambda1.unsqueeze(-1), lambda2.unsqueeze(-1), mu.unsqueeze(-1)
 
     g_l1 = torch.zeros_like(lambda1)
@@ -221,39 +352,37 @@ def _backward_chunk(
     g_mu = torch.zeros_like(lambda1)
     g_eps = torch.zeros_like(eps)
     g_dt = torch.zeros_like(dt)
-    g_q = torch.zeros_like(q)
+    g_V = torch.zeros_like(q)  # sum over steps of dL/dV: the gradient of q is (l2 - l1) g_V
     g_sF = torch.zeros_like(m)
-    left: list[Tensor] = []  # gradient of F = sum_k left_k (x) right_k + 2 F * g_q
-    right: list[Tensor] = []
+    if g_F_out is not None:
+        # gradient of F = sum_k left[:, :, k] (x) right[:, k] + 2 F * g_q, filled step by step
+        left = Ff.new_empty(R, C, 2 * num_steps + 2)
+        right = Ff.new_empty(R, 2 * num_steps + 2, P)
 
-    g = grad_out[num_steps]
+    g = g_out[num_steps]
+    if g is None:
+        g = torch.zeros_like(q)
     for n in reversed(range(num_steps)):
         phi = phis[n]
         e, t = eps[:, n : n + 1], dt[:, n : n + 1]
-        V, c1m, c2m, a, w = Vs[n], c1s[n], c2s[n], As[n], Ws[n]
-        H, d = _step_terms(phi, e)
-        u = phi / e  # d = s / pi with s = 1 / (1 + u^2); dd/dphi = -2 u s d / e
-        ud_e = u * d * (1.0 + u * u).reciprocal_() / e
+        c1m, c2m, a, w = c1s[n], c2s[n], As[n], Ws[n]
+        d = dirac(phi, e)
         # phi_next = phi + t * d * V
-        g_dt[:, n] = (g * d * V).sum(-1)
         gV = g * t * d
-        gd = g * t * V
-        g_phi = g - 2.0 * gd * ud_e
-        g_e = 2.0 * (gd * ud_e * u).sum(-1)
-        # V = mu K + D
-        with torch.enable_grad():
-            phi_r = phi.detach().requires_grad_(True)
-            K = curvature(phi_r.view(R, 1, height, width), eta).view(R, P)
-            (g_phi_K,) = torch.autograd.grad(K, phi_r, gV * mu_)
-        g_mu += (gV * K.detach()).sum(-1)
-        g_phi = g_phi + g_phi_K
+        # V = mu K + D, K = curvature(phi) with the floor tau(mu, t); first, while few other
+        # maps are alive (the autograd recomputation is the step's largest working set)
+        K, g_phi_K, g_mu_K, g_t_K = _curvature_vjp(
+            phi, mu_, t, gV * mu_, height=height, width=width, eta=eta, bound=bound)
+        g_mu += (gV * K).sum(-1)
         # D = (l2 - l1) q + 2 (F - m).w + l2 |c2 - m|^2 - l1 |c1 - m|^2
         s = gV.sum(-1, keepdim=True)
         gVq = (gV * q).sum(-1)
-        g_l2 += gVq + s.squeeze(-1) * c2m.square().sum(-1)
-        g_l1 -= gVq + s.squeeze(-1) * c1m.square().sum(-1)
-        g_q += (l2 - l1) * gV
-        gy = 2.0 * gV
+        c1sq, c2sq = c1m.square().sum(1, keepdim=True), c2m.square().sum(1, keepdim=True)
+        g_l2 += gVq + (s * c2sq).squeeze(-1)
+        g_l1 -= gVq + (s * c1sq).squeeze(-1)
+        g_V += gV
+        # gy and H are factors of the gradient of F: made in place in its buffer
+        gy = torch.mul(gV, 2.0, out=right[:, 2 * n]) if g_F_out is not None else 2.0 * gV
         g_w = _project(Ff, gy) - m * gy.sum(-1, keepdim=True)
         g_c1 = -2.0 * l1 * s * c1m
         g_c2 = 2.0 * l2 * s * c2m
@@ -269,74 +398,128 @@ def _backward_chunk(
         g_sF += g_c2 * ib
         c1, c2 = c1m + m, c2m + m
         g_a = -(g_c1 * c1).sum(-1, keepdim=True) * ia + (g_c2 * c2).sum(-1, keepdim=True) * ib
-        gH = _contract(Ff, g_fH) + g_a
-        g_phi = g_phi + gH * (d / e)
-        g_e = g_e - (gH * (d * u / e)).sum(-1)
+        # One read of F gives both F.w (for the speed V, not kept by the forward pass) and
+        # F.g_fH (for the gradient of H).
+        Fw, gH = _contract_pair(Ff, w, g_fH)
+        fw = Fw - (w * m).sum(-1, keepdim=True)
+        V = level_set_speed(K, q, fw, _region_const(c1m, c2m, l1, l2), l1, l2, mu_)
+        del K, Fw, fw
+        g_dt[:, n] = (g * d * V).sum(-1)
+        gd = g * t * V
+        del V
+        u = phi / e  # d = s / pi with s = 1 / (1 + u^2); dd/dphi = -2 u s d / e
+        ud_e = u * d * (1.0 + u * u).reciprocal_() / e
+        g_phi = g - 2.0 * gd * ud_e + g_phi_K
+        g_e = 2.0 * (gd * ud_e * u).sum(-1)
+        gH += g_a
+        g_phi += gH * (d / e)
+        g_e -= (gH * (d * u / e)).sum(-1)
         g_eps[:, n] = g_e
+        if g_mu_K is not None:
+            g_mu += g_mu_K
+            g_dt[:, n] += g_t_K
         if g_F_out is not None:
-            left += [w, g_fH]
-            right += [gy, H]
-        g = g_phi + grad_out[n]
+            left[:, :, 2 * n] = w
+            left[:, :, 2 * n + 1] = g_fH
+            heaviside(phi, e, out=right[:, 2 * n + 1])
+        g = g_phi if g_out[n] is None else g_phi + g_out[n]
 
     if g_F_out is not None:
-        left += [g_sF, -2.0 * m]
-        right += [torch.ones_like(q), g_q]
-        torch.bmm(torch.stack(left, -1), torch.stack(right, 1), out=g_F_out)  # (R, C, P)
+        g_q = (l2 - l1) * g_V
+        left[:, :, 2 * num_steps] = g_sF
+        right[:, 2 * num_steps] = 1.0
+        left[:, :, 2 * num_steps + 1] = -2.0 * m
+        right[:, 2 * num_steps + 1] = g_q
+        torch.bmm(left, right, out=g_F_out)  # (R, C, P)
         g_F_out.addcmul_(Ff, g_q.unsqueeze(1), value=2.0)
     return g, g_l1, g_l2, g_mu, g_eps, g_dt
 
 
-_SAVED_KEYS = ("V", "c1m", "c2m", "a", "w", "q", "m")
-
-
 class _ChanVeseFunction(torch.autograd.Function):
-    """Fused forward and hand-written backward of N Chan-Vese steps; see module docstring."""
+    """Fused forward and hand-written backward of N Chan-Vese steps; see module docstring.
+
+    Outputs ``phi_1, ..., phi_N`` (``keep_all``) or ``phi_N`` alone, each ``(R, P)``. Saved
+    for the backward pass, besides the inputs: the level sets ``phi_1 .. phi_{N-1}`` and the
+    state of :data:`_STATE_KEYS`, nothing of the size of ``F``.
+    """
 
     @staticmethod
-    def forward(ctx, phi0, Ff, lambda1, lambda2, mu, eps, dt, width, eta):  # noqa: D102
+    def forward(ctx, phi0, Ff, lambda1, lambda2, mu, eps, dt, width, eta, bound, keep_all):  # noqa: D102
         R, C, P = Ff.shape
+        N = eps.shape[1]
         chunks = roi_chunks(R, P, Ff.device)
-        runs = [
-            _forward_chunk(
+        ctx.set_materialize_grads(False)
+        phis: list[Tensor] = []
+        state: dict[str, Tensor] = {}
+        for sl in chunks:
+            steps, ex = _forward_chunk(
                 phi0[sl], Ff[sl], lambda1[sl], lambda2[sl], mu[sl], eps[sl], dt[sl],
-                width=width, eta=eta, record=True, keep_all=True,
+                width=width, eta=eta, bound=bound, record=True, keep_all=True,
             )
-            for sl in chunks
-        ]
-        out = torch.cat([torch.stack(phis) for phis, _ in runs], dim=1)  # (N + 1, R, P)
-        # Step-major tensors (N, R, ...) join along dim 1, per-RoI ones (R, ...) along dim 0.
-        saved = [
-            torch.cat([ex[k] for _, ex in runs], dim=0 if k in ("q", "m") else 1)
-            for k in _SAVED_KEYS
-        ]
-        ctx.save_for_backward(out, Ff, lambda1, lambda2, mu, eps, dt, *saved)
-        ctx.width, ctx.eta = width, eta
-        return out
+            if len(chunks) == 1:
+                phis, state = steps[1:], ex
+                break
+            # Several chunks: into whole-batch tensors allocated before the first chunk's
+            # temporaries, so that what is kept does not pin the allocator's freed blocks.
+            if not phis:
+                phis = [phi0.new_empty(R, P) for _ in range(N)]
+                state = {k: v.new_empty((N, R, *v.shape[2:]) if k in _PER_STEP
+                                        else (R, *v.shape[1:])) for k, v in ex.items()}
+            for buf, val in zip(phis, steps[1:], strict=True):
+                buf[sl] = val
+            for k, val in ex.items():
+                if k in _PER_STEP:
+                    state[k][:, sl] = val
+                else:
+                    state[k][sl] = val
+            del steps, ex
+        ctx.save_for_backward(phi0, Ff, lambda1, lambda2, mu, eps, dt,
+                              *(state[k] for k in _STATE_KEYS), *phis[:-1])
+        ctx.width, ctx.eta, ctx.bound, ctx.keep_all = width, eta, bound, keep_all
+        return tuple(phis if keep_all else phis[-1:])
 
     @staticmethod
-    def backward(ctx, grad_out):  # noqa: D102
-        out, Ff, lambda1, lambda2, mu, eps, dt, *rest = ctx.saved_tensors
-        saved = dict(zip(_SAVED_KEYS, rest, strict=True))
+    def backward(ctx, *grads):  # noqa: D102
+        phi0, Ff, lambda1, lambda2, mu, eps, dt, *rest = ctx.saved_tensors
+        ns = len(_STATE_KEYS)
+        state, iterates = dict(zip(_STATE_KEYS, rest[:ns], strict=True)), rest[ns:]
         R, C, P = Ff.shape
+        N = eps.shape[1]
+        g_out: list[Tensor | None] = [None] * (N + 1)  # by step; phi_0 is not an output
+        if ctx.keep_all:
+            g_out[1:] = grads
+        else:
+            g_out[N] = grads[0]
         g_F = torch.empty_like(Ff) if ctx.needs_input_grad[1] else None
-        parts = []
-        for sl in roi_chunks(R, P, Ff.device):
-            chunk_saved = {k: (v[sl] if k in ("q", "m") else v[:, sl]) for k, v in saved.items()}
-            parts.append(_backward_chunk(
-                grad_out[:, sl], out[:, sl], Ff[sl], lambda1[sl], lambda2[sl], mu[sl],
-                eps[sl], dt[sl], chunk_saved, width=ctx.width, eta=ctx.eta,
+        chunks = roi_chunks(R, P, Ff.device)
+        if len(chunks) > 1:
+            results = [phi0.new_empty(R, P)] + [
+                t.new_empty(t.shape) for t in (lambda1, lambda2, mu, eps, dt)
+            ]
+        for sl in chunks:
+            parts = _backward_chunk(
+                [None if g is None else g[sl] for g in g_out],
+                [phi0[sl], *(it[sl] for it in iterates)], Ff[sl],
+                lambda1[sl], lambda2[sl], mu[sl], eps[sl], dt[sl],
+                {k: v[:, sl] if k in _PER_STEP else v[sl] for k, v in state.items()},
+                width=ctx.width, eta=ctx.eta, bound=ctx.bound,
                 g_F_out=None if g_F is None else g_F[sl],
-            ))
-        g_phi, g_l1, g_l2, g_mu, g_eps, g_dt = (torch.cat(p) for p in zip(*parts, strict=True))
-        return g_phi, g_F, g_l1, g_l2, g_mu, g_eps, g_dt, None, None
+            )
+            if len(chunks) == 1:
+                results = list(parts)
+                break
+            for res, part in zip(results, parts, strict=True):
+                res[sl] = part
+        g_phi, g_l1, g_l2, g_mu, g_eps, g_dt = results
+        return g_phi, g_F, g_l1, g_l2, g_mu, g_eps, g_dt, None, None, None, None
 
 
-def _evolve_no_grad(phi0, Ff, l1, l2, mu, eps, dt, *, width, eta, keep_all):
+def _evolve_no_grad(phi0, Ff, l1, l2, mu, eps, dt, *, width, eta, bound, keep_all):
     R, _, P = Ff.shape
     runs = [
         _forward_chunk(
             phi0[sl], Ff[sl], l1[sl], l2[sl], mu[sl], eps[sl], dt[sl],
-            width=width, eta=eta, record=False, keep_all=keep_all,
+            width=width, eta=eta, bound=bound, record=False, keep_all=keep_all,
         )[0]
         for sl in roi_chunks(R, P, Ff.device)
     ]
@@ -391,6 +574,7 @@ def chan_vese_evolve(
     num_steps: int | None = None,
     return_all: bool = False,
     eta: float = CURVATURE_ETA,
+    step_bound: float | None = CURVATURE_STEP_BOUND,
 ) -> Tensor | list[Tensor]:
     """Evolve level sets by ``N`` unrolled Chan-Vese steps (eq. 7-9) on a feature map.
 
@@ -402,6 +586,8 @@ def chan_vese_evolve(
         num_steps: ``N``; needed only when ``eps`` and ``dt`` are both scalars.
         return_all: return ``[phi_0, ..., phi_N]`` instead of ``phi_N``.
         eta: regulariser of ``|grad phi|`` in the curvature.
+        step_bound: bound on the curvature step's diffusion number (:func:`curvature_floor`);
+            ``None``: eq. 8 as printed, whatever ``dt mu`` is.
 
     Returns:
         ``phi_N: (R, 1, M, W)`` (or the list), float32, or float64 when ``phi0`` or
@@ -420,6 +606,8 @@ def chan_vese_evolve(
         )
     R, C, height, width = features.shape
     N = _num_steps(eps, dt, num_steps)
+    if step_bound is not None and not step_bound > 0:
+        raise ValueError(f"step_bound must be positive or None, got {step_bound}")
     dtype = torch.float64 if torch.float64 in (phi0.dtype, features.dtype) else torch.float32
     device_type = phi0.device.type
     with torch.autocast(device_type=device_type, enabled=False):
@@ -438,10 +626,11 @@ def chan_vese_evolve(
         phi_flat = phi.reshape(R, height * width)
         inputs = (phi_flat, Ff, l1, l2, mu_, eps_, dt_)
         if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-            stacked = _ChanVeseFunction.apply(*inputs, width, eta)
-            phis = list(stacked.unbind(0))
+            outs = _ChanVeseFunction.apply(*inputs, width, eta, step_bound, return_all)
+            phis = [phi_flat, *outs] if return_all else list(outs)
         else:
-            phis = _evolve_no_grad(*inputs, width=width, eta=eta, keep_all=return_all)
+            phis = _evolve_no_grad(*inputs, width=width, eta=eta, bound=step_bound,
+                                   keep_all=return_all)
     phis = [p.view(R, 1, height, width) for p in phis]
     return phis if return_all else phis[-1]
 
@@ -458,12 +647,14 @@ class ChanVese(nn.Module):
         phi_n = cv(phi0, feats, lambda1=l1, lambda2=l2, mu=mu, eps=eps, dt=dt)
     """
 
-    def __init__(self, num_steps: int = 3, *, eta: float = CURVATURE_ETA) -> None:
+    def __init__(self, num_steps: int = 3, *, eta: float = CURVATURE_ETA,
+                 step_bound: float | None = CURVATURE_STEP_BOUND) -> None:
         super().__init__()
         if num_steps < 0:
             raise ValueError(f"num_steps must be >= 0, got {num_steps}")
         self.num_steps = num_steps
         self.eta = eta
+        self.step_bound = step_bound
 
     def forward(
         self,
@@ -481,7 +672,8 @@ class ChanVese(nn.Module):
             phi0, features,
             lambda1=lambda1, lambda2=lambda2, mu=mu, eps=eps, dt=dt,
             num_steps=self.num_steps, return_all=return_all, eta=self.eta,
+            step_bound=self.step_bound,
         )
 
     def extra_repr(self) -> str:
-        return f"num_steps={self.num_steps}, eta={self.eta}"
+        return f"num_steps={self.num_steps}, eta={self.eta}, step_bound={self.step_bound}"

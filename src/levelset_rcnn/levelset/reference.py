@@ -6,8 +6,10 @@ the backward pass. It exists to check the fast layer: the tests compare against 
 float64) and ``benchmarks/bench_chan_vese.py`` times it as the baseline. Do not use it for
 training; it is several times slower and keeps every intermediate for backward.
 
-The two regularisers the package documents (``eta`` in ``|grad phi|`` and ``kappa`` in the
-region areas) are part of the discretisation, so the reference applies them the same way.
+The regularisers the package documents (``eta`` in ``|grad phi|``, ``kappa`` in the region
+areas, and the floor ``tau = dt mu / (pi step_bound)`` under ``|grad phi|`` that bounds the
+explicit curvature step) are part of the discretisation, so the reference applies them the
+same way; ``step_bound=None`` is eq. 8 as printed.
 """
 
 from __future__ import annotations
@@ -35,16 +37,18 @@ def ref_sobel(phi):
     return F.conv2d(p, kx.view(1, 1, 3, 3)), F.conv2d(p, ky.view(1, 1, 3, 3))
 
 
-def ref_curvature(phi, eta):
+def ref_curvature(phi, eta, floor=None):
     gx, gy = ref_sobel(phi)
     norm = torch.sqrt(gx**2 + gy**2 + eta**2)
+    if floor is not None:
+        norm = torch.maximum(norm, floor)
     div_x, _ = ref_sobel(gx / norm)
     _, div_y = ref_sobel(gy / norm)
     return div_x + div_y
 
 
 def ref_chan_vese(phi0, feats, lambda1, lambda2, mu, eps, dt, *, eta=1e-4, kappa=1e-4,
-                  return_all=False):
+                  step_bound=None, return_all=False):
     """Eq. 7-9 for ``phi0 (R,1,M,M)``, ``feats (R,C,M,M)``, ``lambda*/mu (R,)``,
     ``eps/dt (R,N)``."""
     R = phi0.shape[0]
@@ -62,7 +66,10 @@ def ref_chan_vese(phi0, feats, lambda1, lambda2, mu, eps, dt, *, eta=1e-4, kappa
         data = -l1 * ((feats - c1) ** 2).sum(1, keepdim=True) + l2 * (
             (feats - c2) ** 2
         ).sum(1, keepdim=True)
-        dphi_dt = ref_dirac(phi, e) * (m * ref_curvature(phi, eta) + data)  # eq. 8
+        floor = None
+        if step_bound is not None:  # the diffusion number of the curvature step <= step_bound
+            floor = torch.clamp(t * m / (math.pi * step_bound), min=eta / 2)
+        dphi_dt = ref_dirac(phi, e) * (m * ref_curvature(phi, eta, floor) + data)  # eq. 8
         phi = phi + t * dphi_dt  # eq. 7
         phis.append(phi)
     return phis if return_all else phi

@@ -15,7 +15,8 @@ The step arithmetic (region means, data term, update) is the core layer's
 (:func:`.chan_vese.region_terms`, :func:`.chan_vese.level_set_step`); only the way the
 features are read differs. The result equals :class:`levelset_rcnn.levelset.ChanVese` applied to
 ``F.interpolate(f, (M, M), mode="bilinear", align_corners=False)`` (same centring by the
-per-RoI mean, same region regulariser and curvature; tested to float32 round-off), at a
+per-RoI mean, same region regulariser and curvature, same curvature floor; tested to float32
+round-off), at a
 fraction of the cost: nothing of size ``C x M x M`` is ever created, so on a CPU the 100-RoI
 forward costs tens of milliseconds instead of a few hundred, and the backward pass (plain
 autograd) keeps only ``M x M`` maps per step.
@@ -27,7 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .chan_vese import EPS_FLOOR, level_set_step, region_terms, roi_chunks
+from .chan_vese import (
+    CURVATURE_STEP_BOUND,
+    EPS_FLOOR,
+    curvature_floor,
+    level_set_step,
+    region_terms,
+    roi_chunks,
+)
 from .functional import CURVATURE_ETA, curvature, dirac, heaviside
 
 __all__ = ["UpsampledChanVese", "bilinear_matrix", "upsampled_sq_norm"]
@@ -111,12 +119,16 @@ class UpsampledChanVese(nn.Module):
     ``[phi_0, ..., phi_N]``.
     """
 
-    def __init__(self, num_steps: int = 3, *, eta: float = CURVATURE_ETA) -> None:
+    def __init__(self, num_steps: int = 3, *, eta: float = CURVATURE_ETA,
+                 step_bound: float | None = CURVATURE_STEP_BOUND) -> None:
         super().__init__()
         if num_steps < 0:
             raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+        if step_bound is not None and not step_bound > 0:
+            raise ValueError(f"step_bound must be positive or None, got {step_bound}")
         self.num_steps = num_steps
         self.eta = eta
+        self.step_bound = step_bound
 
     def forward(
         self, phi0: Tensor, f: Tensor, *, lambda1: Tensor, lambda2: Tensor, mu: Tensor,
@@ -169,7 +181,9 @@ class UpsampledChanVese(nn.Module):
             fh = torch.einsum("rcij,rij->rc", fc, Ut @ H @ U)  # sum_x (F - m) H
             _, _, w, const = region_terms(fh, a, m, P, l1, l2)
             fw = U @ torch.einsum("rcij,rc->rij", fc, w) @ Ut  # (F - m) . w: (R, M, M)
-            K = curvature(phi[:, None], self.eta)[:, 0]
+            floor = curvature_floor(mu_, dt[:, n, None], self.step_bound, self.eta)
+            K = curvature(phi[:, None], self.eta,
+                          None if floor is None else floor[:, :, None, None])[:, 0]
             flat, _ = level_set_step(phi.reshape(R, P), d.reshape(R, P), K.reshape(R, P), q,
                                      fw.reshape(R, P), const, l1, l2, mu_, dt[:, n, None])
             phi = flat.view(R, M, M)
@@ -177,4 +191,4 @@ class UpsampledChanVese(nn.Module):
         return phis
 
     def extra_repr(self) -> str:
-        return f"num_steps={self.num_steps}, eta={self.eta}"
+        return f"num_steps={self.num_steps}, eta={self.eta}, step_bound={self.step_bound}"
