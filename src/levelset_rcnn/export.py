@@ -12,7 +12,7 @@ Inputs and outputs (ONNX names; the TorchScript module returns a dict with the s
     labels     (K,)           int64     classes (1..num_classes-1; 0 is the background)
     scores     (K,)           float32   above the model's box_score_thresh, descending
     masks      (K, 1, H, W)   float32   mask probabilities pasted into the full image,
-                                        exactly as eager mode (threshold at 0.5)
+                                        as in eager mode (threshold at 0.5)
     tsdf       (K, 1, M, M)   float32   with return_tsdf: phi_N in RoI coordinates (M = 112)
     tsdf_init  (K, 1, M, M)   float32   with return_tsdf: phi_0
 
@@ -38,6 +38,9 @@ What tracing needs, and where it is done:
   one chunk itself when traced; for the core :class:`~levelset_rcnn.levelset.ChanVese`
   (:mod:`levelset_rcnn.levelset.chan_vese`) :func:`traceable` swaps in the one-chunk policy
   and the vectorised ``||F - m||^2`` (its GPU code path) for the time of the export.
+* ``LearnedFeatureHead.compact`` factorises a weight with ``torch.linalg.qr``, which ONNX
+  lacks: :func:`traceable` evaluates a QR of weights outside the trace (a graph constant).
+* The RoI heads split the detections per image by ``b.shape[0]`` (a traced size).
 * Level-set layers return early for zero RoIs, which a trace made on an image without
   detections would bake in. :func:`traceable` therefore evolves one extra dummy RoI
   alongside the detections (dropped before the outputs), so no traced layer sees zero RoIs.
