@@ -32,7 +32,7 @@ TOL = {"boxes": 1e-4, "scores": 1e-4, "masks": 1e-3, "tsdf": 1e-3, "tsdf_init": 
 
 def _images() -> dict[str, Tensor]:
     out = {f"shapes{s}": synthetic_sample(3, size=(H, W), seed=s)[0] for s in (1, 2, 5)}
-    out["empty"] = torch.ones(3, H, W)  # a flat image: no detection above the threshold
+    out["empty"] = torch.full((3, H, W), 0.5)  # flat grey: no detection above the threshold
     return out
 
 
