@@ -108,9 +108,14 @@ def test_demo_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     report = (out / "report.md").read_text()
     assert "| LevelSet R-CNN, phi_0 (initial) |" in report
     assert "| LevelSet R-CNN, phi_N (final) |" in report
-    for name in ("losses.png", "demo_results.json", "train/model_final.pth"):
+    assert "| Mask R-CNN 28x28, same frozen detector |" in report
+    for name in ("losses.png", "demo_results.json", "train/model_final.pth",
+                 "maskrcnn/model_final.pth"):
         assert (out / name).is_file(), name
     assert len(list((out / "predictions" / "overlays").glob("*.png"))) == 2
     summary = json.loads((out / "demo_results.json").read_text())
-    assert {"masks", "masks_phi0"} == set(summary["table"])
+    assert {"masks", "masks_phi0", "maskrcnn"} == set(summary["table"])
+    assert "boundary_AP" in summary["table"]["masks"]
+    # the baseline's mask head sits on the same frozen detector: the same box AP
+    assert summary["baseline_bbox_AP"] == summary["bbox"].get("AP")
     assert main(args) == 0  # a previous demo output is replaced without --overwrite

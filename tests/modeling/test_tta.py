@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import types
 from collections import OrderedDict
 from pathlib import Path
 
@@ -325,8 +326,9 @@ def test_cli_tta_flags_reach_the_engine(tmp_path: Path, monkeypatch: pytest.Monk
                              "model.box_score_thresh=0.0", "train.device=cpu"])
     model = build_model(cfg.model, num_classes=3)
     weights = tmp_path / "model_final.pth"
+    classes = {"class_names": ["__background__", "a", "b"], "label_to_cat_id": {1: 1, 2: 2}}
     save_checkpoint(weights, {"model": model.state_dict(), "config": cfg.to_dict(),
-                              "meta": {"class_names": ["__background__", "a", "b"]}})
+                              "meta": dict(classes)})
     folder = tmp_path / "images"
     folder.mkdir()
     Image.fromarray((np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8)
@@ -358,7 +360,7 @@ def test_cli_tta_flags_reach_the_engine(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(inference_mod, "evaluate_model", fake_evaluate)
     monkeypatch.setattr(inference_mod, "make_evaluator", lambda *a, **k: None)
     monkeypatch.setattr("levelset_rcnn.engine.data.build_datasets",
-                        lambda cfg, splits: {"val": []})
+                        lambda cfg, splits: {"val": types.SimpleNamespace(**classes)})
     monkeypatch.setattr("levelset_rcnn.engine.data.build_val_loader", lambda *a, **k: [])
     assert main(["eval", "--weights", str(weights), "--output", str(tmp_path / "ev"),
                  "--tta", "--no-progress", "eval.tta_flip=false"]) == 0
