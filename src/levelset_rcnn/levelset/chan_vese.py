@@ -239,8 +239,8 @@ def _centred_sq_norm(Ff: Tensor, m: Tensor) -> Tensor:
     return q
 
 
-#: What the forward pass keeps per RoI chunk for the backward pass, besides the inputs and
-#: the level sets ``phi_1 .. phi_{N-1}``: ``q = ||F - m||^2 (R, P)`` and per-RoI vectors.
+#: What the forward pass keeps for the backward pass, besides the inputs and the level sets
+#: ``phi_1 .. phi_{N-1}``: ``q = ||F - m||^2 (R, P)`` and per-RoI vectors.
 _STATE_KEYS = ("q", "m", "c1m", "c2m", "a", "w")
 _PER_STEP = ("c1m", "c2m", "a", "w")  # stacked (N, R, ...)
 
@@ -451,6 +451,12 @@ class _ChanVeseFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         phis: list[Tensor] = []
         state: dict[str, Tensor] = {}
+        if len(chunks) > 1:
+            # Several chunks write into whole-batch tensors allocated before the first chunk's
+            # temporaries, so that what is kept does not pin the allocator's freed blocks.
+            phis = [Ff.new_empty(R, P) for _ in range(N)]
+            state = {"q": Ff.new_empty(R, P), "m": Ff.new_empty(R, C), "a": Ff.new_empty(N, R),
+                     **{k: Ff.new_empty(N, R, C) for k in ("c1m", "c2m", "w")}}
         for sl in chunks:
             steps, ex = _forward_chunk(
                 phi0[sl], Ff[sl], lambda1[sl], lambda2[sl], mu[sl], eps[sl], dt[sl],
@@ -459,12 +465,6 @@ class _ChanVeseFunction(torch.autograd.Function):
             if len(chunks) == 1:
                 phis, state = steps[1:], ex
                 break
-            # Several chunks: into whole-batch tensors allocated before the first chunk's
-            # temporaries, so that what is kept does not pin the allocator's freed blocks.
-            if not phis:
-                phis = [phi0.new_empty(R, P) for _ in range(N)]
-                state = {k: v.new_empty((N, R, *v.shape[2:]) if k in _PER_STEP
-                                        else (R, *v.shape[1:])) for k, v in ex.items()}
             for buf, val in zip(phis, steps[1:], strict=True):
                 buf[sl] = val
             for k, val in ex.items():
