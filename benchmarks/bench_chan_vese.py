@@ -2,6 +2,9 @@
 line-by-line formula of eq. 7-9 (:mod:`levelset_rcnn.levelset.reference`), and classic
 Chan-Vese against scikit-image.
 
+The reference is eq. 8 as printed (``step_bound=None``); ours adds the curvature floor of
+:mod:`levelset_rcnn.levelset.chan_vese` (two elementwise operations per step).
+
 Every figure that matters is a ratio against a baseline measured in the same run (these
 machines are shared and noisy). Prints a table and, with ``--json PATH``, writes the numbers.
 On a machine that other jobs load, run it with ``OMP_WAIT_POLICY=PASSIVE`` (what the CLI
@@ -12,11 +15,16 @@ and the load average.
 
     python benchmarks/bench_chan_vese.py --json bench_results/chan_vese.json
     python benchmarks/bench_chan_vese.py --only-classic      # the classic comparison alone
+    python benchmarks/bench_chan_vese.py --skip-classic      # the layer rows alone
     python benchmarks/bench_chan_vese.py --device cuda      # on a GPU machine
 
 Keys written: ``forward_speedup`` (no-grad forward), ``forward_train_speedup`` (forward
 recording for backward), ``forward_backward_speedup``, ``peak_memory_ratio`` (extra memory of
-one training forward+backward above the inputs, ours over reference),
+one training forward+backward above the inputs, ours over reference, each measured after a
+one-RoI warm-up call in its process; ``peak_memory_ratio_cold`` is the same for the first
+call of a fresh process, which also counts the libraries' one-time lazy loading;
+``state_memory_ratio`` leaves out the gradient of the features, which both return and which
+alone is ``C M^2`` floats per RoI),
 ``classic_speedup_vs_skimage`` (images per second, 64 of scikit-image's sample images at
 256 x 256 by default, scikit-image's parameters and stopping rule) with
 ``classic_max_pixel_disagreement`` (largest fraction of an image's pixels on which our
@@ -120,14 +128,19 @@ def train_fn(impl, phi0, feats, hp):
     return run
 
 
-def memory_probe(impl_name: str, R: int, C: int, M: int, N: int, device: str) -> dict:
+def memory_probe(impl_name: str, R: int, C: int, M: int, N: int, device: str, *,
+                 warm: bool = True) -> dict:
     """Extra memory (bytes) of one forward+backward above the inputs, for one implementation.
 
     On the CPU, run in a fresh process: once the inputs exist, the kernel's high-water mark of
     the resident set is reset (``/proc/self/clear_refs``), and the step's peak is that mark
     (``VmHWM``) minus the resident size before the step. On CUDA, ``max_memory_allocated``
-    minus the allocation before the step.
+    minus the allocation before the step. With ``warm``, one forward+backward of a single
+    RoI runs first, so that the pages of library code and buffers that the process loads once
+    on first use (tens of MB on the CPU) are not counted as the step's memory.
     """
+    if warm:
+        train_fn(_impl(impl_name), *make_inputs(1, C, M, N, device, seed=1))()
     phi0, feats, hp = make_inputs(R, C, M, N, device)
     step = train_fn(_impl(impl_name), phi0, feats, hp)
     if device.startswith("cuda"):
@@ -153,10 +166,12 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
-def _memory_in_subprocess(impl_name: str, args) -> dict:
+def _memory_in_subprocess(impl_name: str, args, *, warm: bool = True) -> dict:
     cmd = [sys.executable, __file__, "--memory-probe", impl_name, "--rois", str(args.rois),
            "--channels", str(args.channels), "--size", str(args.size), "--steps",
            str(args.steps), "--device", args.device, "--threads", str(args.threads)]
+    if not warm:
+        cmd.append("--memory-probe-cold")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -326,11 +341,18 @@ def bench_layer(args) -> dict:
     res["forward_achieved_gbs"] = res["forward_min_bytes"] / res["ours_forward_s"] / 1e9
 
     if not args.skip_memory:
-        mem = {k: _memory_in_subprocess(k, args) if dev == "cpu" else
-               memory_probe(k, R, C, M, N, dev) for k in ("reference", "ours")}
-        res["reference_extra_bytes"] = mem["reference"]["extra_bytes"]
-        res["ours_extra_bytes"] = mem["ours"]["extra_bytes"]
-        res["peak_memory_ratio"] = res["ours_extra_bytes"] / res["reference_extra_bytes"]
+        for suffix, warm in (("", True), ("_cold", False)):
+            if not warm and dev != "cpu":
+                continue  # CUDA's allocator counts only tensors: nothing loads lazily there
+            mem = {k: _memory_in_subprocess(k, args, warm=warm) if dev == "cpu" else
+                   memory_probe(k, R, C, M, N, dev) for k in ("reference", "ours")}
+            ref_b, ours_b = mem["reference"]["extra_bytes"], mem["ours"]["extra_bytes"]
+            res[f"reference_extra_bytes{suffix}"] = ref_b
+            res[f"ours_extra_bytes{suffix}"] = ours_b
+            res[f"peak_memory_ratio{suffix}"] = ours_b / ref_b
+        # Both return the gradient of F (f_bytes); what each keeps and allocates besides:
+        res["state_memory_ratio"] = ((res["ours_extra_bytes"] - f_bytes)
+                                     / (res["reference_extra_bytes"] - f_bytes))
 
     return res
 
@@ -356,6 +378,14 @@ def print_layer(res: dict, args) -> None:
         print(f"{'train extra memory':24}{res['reference_extra_bytes'] * mb:>10.0f}MB"
               f"{res['ours_extra_bytes'] * mb:>10.0f}MB{res['peak_memory_ratio']:>9.3f}x"
               f"  <= 0.25x   (F itself: {f_bytes * mb:.0f} MB)")
+        if "peak_memory_ratio_cold" in res:
+            print(f"{'  first call, cold':24}{res['reference_extra_bytes_cold'] * mb:>10.0f}MB"
+                  f"{res['ours_extra_bytes_cold'] * mb:>10.0f}MB"
+                  f"{res['peak_memory_ratio_cold']:>9.3f}x  (+ one-time library loading)")
+        print(f"{'  without dF':24}{(res['reference_extra_bytes'] - f_bytes) * mb:>10.0f}MB"
+              f"{(res['ours_extra_bytes'] - f_bytes) * mb:>10.0f}MB"
+              f"{res['state_memory_ratio']:>9.3f}x  (dF, returned by both, alone is "
+              f"{f_bytes / res['reference_extra_bytes']:.3f}x)")
     print(f"traffic: forward must read F {2 * N + 1}x = {res['forward_min_bytes'] * mb:.0f} MB; "
           f"achieved {res['forward_achieved_gbs']:.1f} GB/s vs copy {res['copy_bandwidth_gbs']:.1f}"
           " GB/s")
@@ -379,17 +409,21 @@ def main(argv=None) -> int:
                     help="skip the scikit-image float32 and eager rows")
     ap.add_argument("--only-classic", action="store_true",
                     help="run only the classic Chan-Vese comparison")
+    ap.add_argument("--skip-classic", action="store_true",
+                    help="run only the deep Chan-Vese layer rows")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--memory-probe", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    ap.add_argument("--memory-probe-cold", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     R, C, M, N, dev = args.rois, args.channels, args.size, args.steps, args.device
 
     if args.memory_probe:
-        print(json.dumps(memory_probe(args.memory_probe, R, C, M, N, dev)))
+        print(json.dumps(memory_probe(args.memory_probe, R, C, M, N, dev,
+                                      warm=not args.memory_probe_cold)))
         return 0
 
     res: dict = {"device": dev, "device_name": torch.cuda.get_device_name() if
@@ -399,11 +433,13 @@ def main(argv=None) -> int:
                  "loadavg_at_start": os.getloadavg()}
     if not args.only_classic:
         res.update(bench_layer(args))
-    res.update(bench_classic(args))
+    if not args.skip_classic:
+        res.update(bench_classic(args))
     if not args.only_classic:
         print_layer(res, args)
     res["loadavg_at_end"] = os.getloadavg()
-    print_classic(res, args.threads)
+    if not args.skip_classic:
+        print_classic(res, args.threads)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(res, indent=2))
