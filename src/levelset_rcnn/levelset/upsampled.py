@@ -15,11 +15,10 @@ The step arithmetic (region means, data term, update) is the core layer's
 (:func:`.chan_vese.region_terms`, :func:`.chan_vese.level_set_step`); only the way the
 features are read differs. The result equals :class:`levelset_rcnn.levelset.ChanVese` applied to
 ``F.interpolate(f, (M, M), mode="bilinear", align_corners=False)`` (same centring by the
-per-RoI mean, same region regulariser and curvature, same curvature floor; tested to float32
-round-off), at a
-fraction of the cost: nothing of size ``C x M x M`` is ever created, so on a CPU the 100-RoI
-forward costs tens of milliseconds instead of a few hundred, and the backward pass (plain
-autograd) keeps only ``M x M`` maps per step.
+per-RoI mean, same region regulariser, same curvature and curvature floor; tested to float32
+round-off), at a fraction of the cost: nothing of size ``C x M x M`` is ever created, so on a
+CPU the 100-RoI forward costs tens of milliseconds instead of a few hundred, and the backward
+pass (plain autograd) keeps only ``M x M`` maps per step.
 """
 
 from __future__ import annotations
