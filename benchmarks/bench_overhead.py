@@ -107,10 +107,12 @@ def order(models: dict[str, nn.Module], i: int) -> list[tuple[str, nn.Module]]:
     return items if i % 2 == 0 else items[::-1]
 
 
-def build(kind: str, num_classes: int, device: torch.device) -> nn.Module:
+def build(kind: str, num_classes: int, device: torch.device, *,
+          cv_features: str = "learned") -> nn.Module:
     kw = dict(backbone="resnet50", weights_backbone=None, num_classes=num_classes,
               min_size=512, max_size=1024, box_score_thresh=0.0)
-    model = mask_rcnn(**kw) if kind == "maskrcnn" else levelset_rcnn(**kw)
+    model = (mask_rcnn(**kw) if kind == "maskrcnn"
+             else levelset_rcnn(**kw, cv_features=cv_features))
     return model.to(device)
 
 
@@ -120,6 +122,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="timed eval runs per model")
     ap.add_argument("--train-repeats", type=int, default=3, help="timed training steps")
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--cv-features", default="learned", choices=["learned", "interpolated"],
+                    help="LevelSet R-CNN's Chan-Vese feature head (default: the builder's)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads on the CPU")
     ap.add_argument("--num-classes", type=int, default=9, help="9 = Cityscapes + background")
     ap.add_argument("--height", type=int, default=512)
@@ -141,7 +145,8 @@ def main() -> None:
     H, W = args.height, args.width
 
     models = {"maskrcnn": build("maskrcnn", args.num_classes, device),
-              "levelset": build("levelset", args.num_classes, device)}
+              "levelset": build("levelset", args.num_classes, device,
+                                cv_features=args.cv_features)}
     # Same backbone / RPN / box weights: identical detections and proposals.
     load_maskrcnn_weights(models["levelset"], models["maskrcnn"].state_dict())
     rois: dict[str, int] = {}
