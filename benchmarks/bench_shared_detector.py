@@ -15,10 +15,11 @@ Protocol (``bench_quality.py --protocol shared-detector`` runs this):
    * ``gt_boxes``: the mask head alone, on the ground-truth boxes (score 1).
 
 Rows: ``maskrcnn`` (28x28), ``maskrcnn_112``, ``tsdf`` (Mask R-CNN on a TSDF target),
-``levelset_phi0`` / ``levelset_phiN`` (learned 112x112 features), ``levelset_interp_phiN``
-(the interpolated head), ``lsloss``, ``delse_phiN``, ``delse_hp_phiN``. Mean and standard
-deviation over the seeds; JSON shaped ``{dataset: {protocol: {row: {metric: {"mean",
-"std"}}}}}``::
+``levelset_phi0`` / ``levelset_phiN`` (learned 112x112 features), ``levelset_image_phiN``
+(beyond the paper: the image inside each box as one more Chan-Vese feature channel,
+``model.cv_image_channels=1``), ``levelset_interp_phiN`` (the interpolated head), ``lsloss``,
+``delse_phiN``, ``delse_hp_phiN``. Mean and standard deviation over the seeds; JSON shaped
+``{dataset: {protocol: {row: {metric: {"mean", "std"}}}}}``::
 
     python benchmarks/bench_shared_detector.py --json bench_results/shared_detector.json
     python benchmarks/bench_shared_detector.py --datasets dsb2018 --seeds 0 --iters 100 \\
@@ -46,10 +47,12 @@ METRICS = ("AP", "AP75", "AF1", "AF2", "boundary_AP")
 #: row group -> (model.arch, overrides, {row: mask key of the evaluation}).
 ROWS: dict[str, tuple[str, tuple[str, ...], dict[str, str]]] = {
     "maskrcnn": ("mask_rcnn", (), {"maskrcnn": "masks"}),
-    "maskrcnn_112": ("mask_rcnn", ("model.mask_resolution=112",), {"maskrcnn_112": "masks"}),
-    "tsdf": ("levelset_rcnn", ("model.mask_head_type=tsdf",), {"tsdf": "masks"}),
     "levelset": ("levelset_rcnn", (), {"levelset_phi0": "masks_phi0",
                                         "levelset_phiN": "masks"}),
+    "levelset_image": ("levelset_rcnn", ("model.cv_image_channels=1",),
+                       {"levelset_image_phi0": "masks_phi0", "levelset_image_phiN": "masks"}),
+    "maskrcnn_112": ("mask_rcnn", ("model.mask_resolution=112",), {"maskrcnn_112": "masks"}),
+    "tsdf": ("levelset_rcnn", ("model.mask_head_type=tsdf",), {"tsdf": "masks"}),
     "levelset_interp": ("levelset_rcnn", ("model.cv_features=interpolated",),
                         {"levelset_interp_phi0": "masks_phi0",
                          "levelset_interp_phiN": "masks"}),
@@ -135,7 +138,7 @@ def _gt_box_outputs(model: Any, images: list, targets: list) -> list[dict]:
     with torch.inference_mode():
         for img, t in zip(images, targets, strict=True):
             il, _ = model.transform([img])
-            feats = model.backbone(il.tensors)
+            feats = model.head_features(model.backbone(il.tensors), il)
             size = il.image_sizes[0]
             boxes = t["boxes"].float()
             rois = resize_boxes(boxes, list(img.shape[-2:]), list(size))

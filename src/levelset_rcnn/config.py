@@ -78,6 +78,8 @@ class ModelConfig:
     cv_features: str = "learned"         # learned (to 112x112, the paper's) | interpolated
     cv_fine_channels: int = 16           # learned: width at 112x112 (twice that at 56x56)
     cv_upsampling: str = "implicit"      # interpolated: implicit | explicit (same result)
+    cv_image_channels: int = 0           # beyond the paper: Chan-Vese features from the image
+    #                                      inside each box (0: none)
     resolution: int = 112                # side M of phi_0, phi_N and the targets
     truncation: float = 12.0             # TSDF truncation in pixels of the M grid
     loss_weights: list[float] = field(default_factory=lambda: [1.0, 5.0])  # (w_0, w_N)
@@ -428,6 +430,7 @@ _MIN_INT = {
     "model.fpn_channels": 1, "model.box_representation_size": 1,
     "model.predictor_channels": 1, "model.num_steps": 0, "model.cv_channels": 1,
     "model.cv_hidden_channels": 1, "model.cv_fine_channels": 1, "model.resolution": 1,
+    "model.cv_image_channels": 0,
     "model.max_size": 1, "model.rpn_pre_nms_top_n_train": 1, "model.rpn_pre_nms_top_n_test": 1,
     "model.rpn_post_nms_top_n_train": 1, "model.rpn_post_nms_top_n_test": 1,
     "model.rpn_batch_size_per_image": 1, "model.box_detections_per_img": 1,

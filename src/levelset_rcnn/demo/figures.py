@@ -43,11 +43,11 @@ def capture_evolution(model: nn.Module, image: Tensor, *, max_instances: int = 4
     branch = m.roi_heads.mask_branch
     if "return_all" in inspect.signature(branch.forward).parameters:
         images, _ = m.transform([image.to(device)])
-        features = m.backbone(images.tensors)
+        features = m.head_features(m.backbone(images.tensors), images)
         size = images.image_sizes[0]
         rois = resize_boxes(boxes, list(image.shape[-2:]), list(size))
-        x = m.roi_heads.mask_head(m.roi_heads.mask_roi_pool(features, [rois], [size]))
-        steps = branch(x, out["labels"][:k], return_all=True)["phis"]
+        steps = m.roi_heads.branch_outputs(features, [rois], [size], out["labels"][:k],
+                                           return_all=True)["phis"]
     else:
         steps = [out["tsdf_init"][:k], out["tsdf"][:k]]
     phis = torch.stack([p[:, 0] for p in steps], dim=1).float().cpu()
@@ -144,7 +144,7 @@ def compare_instances(model: nn.Module, baseline: nn.Module, image: Tensor,
     maps = {}
     for name, net in (("levelset", m), ("baseline", b)):
         images, _ = net.transform([image.to(device)])
-        features = net.backbone(images.tensors)
+        features = net.head_features(net.backbone(images.tensors), images)
         size = images.image_sizes[0]
         rois = resize_boxes(boxes, list(image.shape[-2:]), list(size))
         maps[name] = net.roi_heads.mask_maps(features, [rois], [size], [labels])

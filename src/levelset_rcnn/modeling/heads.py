@@ -42,6 +42,7 @@ __all__ = [
     "HyperParameterHead",
     "HighResMaskPredictor",
     "HyperParameters",
+    "ImageFeatureHead",
     "LearnedFeatureHead",
     "TSDFPredictor",
     "hyperparameter_bias",
@@ -261,6 +262,28 @@ class LearnedFeatureHead(nn.Module):
         w = self.project.weight[:, :, 0, 0]  # (C, c112)
         _, r = torch.linalg.qr(w.float(), mode="reduced")  # (k, c112)
         return torch.einsum("kc,rchw->rkhw", r.to(g.dtype), g)
+
+
+class ImageFeatureHead(nn.Module):
+    """Chan-Vese features from the image itself (beyond the paper): the pixels inside each box
+    at ``M x M`` (``(R, in_channels, M, M)``, the normalised input RoIAligned by the RoI heads)
+    mixed by a bias-free 1x1 convolution into ``out_channels`` maps that the branch appends to
+    the learned features.
+
+    The classic Chan-Vese data term is the image: a boundary where the intensity changes is
+    one the evolution can find at the image's own resolution, whatever the trunk's 14x14 grid
+    holds. The mix starts as the channel mean (grey level) in every output channel and learns
+    the channels' weight against the learned features (the distances of eq. 7 add up over
+    channels).
+    """
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 1) -> None:
+        super().__init__()
+        self.mix = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        nn.init.constant_(self.mix.weight, 1.0 / in_channels)
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.mix(image)
 
 
 class HighResMaskPredictor(nn.Module):

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import FasterRCNN
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads
 from torchvision.ops import MultiScaleRoIAlign
 
@@ -146,11 +147,28 @@ class LevelSetRCNN(MaskRCNN):
         if return_tsdf and not getattr(self.mask_branch, "predicts_level_sets", False):
             raise ValueError(f"return_tsdf needs a mask branch that predicts level sets; "
                              f"{type(self.mask_branch).__name__} predicts binary masks")
-        out = super().forward(images, targets)
+        # torchvision's GeneralizedRCNN.forward, with the RoI heads reading head_features
+        original_sizes = [(img.shape[-2], img.shape[-1]) for img in images]
+        image_list, targets = self.transform(images, targets)
+        features = self.backbone(image_list.tensors)
+        proposals, proposal_losses = self.rpn(image_list, features, targets)
+        detections, detector_losses = self.roi_heads(
+            self.head_features(features, image_list), proposals, image_list.image_sizes, targets)
         if self.training:
-            return out
+            return {**detector_losses, **proposal_losses}
+        out = self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
         keep = _OUTPUT_KEYS + (("tsdf", "tsdf_init") if return_tsdf else ())
         return [{k: r[k] for k in keep if k in r} for r in out]
+
+    def head_features(self, features: dict[str, Tensor], images: ImageList
+                      ) -> dict[str, Tensor]:
+        """The maps the RoI heads read: the backbone's ``features``, plus the normalised,
+        batched input as ``"image"`` when the mask branch reads the image inside each box
+        (``reads_image``; e.g. ``cv_image_channels``). Code that calls
+        ``roi_heads.mask_maps`` itself (test-time augmentation, figures) passes these."""
+        if getattr(self.mask_branch, "reads_image", False):
+            return {**features, "image": images.tensors}
+        return features
 
 
 #: The output dict of torchvision's Mask R-CNN.

@@ -7,6 +7,8 @@ overridden; sampling (``select_training_samples``), the box branch, ``fastrcnn_l
 
     x = mask_head(mask_roi_pool(features, boxes))       # Mask R-CNN's trunk, (R, C_t, 14, 14)
     out = mask_branch(x, labels)                        # the variant's heads and evolution
+    #   (a branch with ``reads_image`` also gets image=the RoI's pixels at M x M, RoIAligned
+    #    from features["image"], the normalised input batch)
     mask_branch.losses(out, targets)                    # training
     maps = mask_branch.inference(out)                   # inference: masks, tsdf, tsdf_init
 
@@ -21,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
+from torchvision.ops import roi_align
 
 from .mask_branches import MaskBranch, MaskTargets, masks_from_maps
 
@@ -80,14 +83,37 @@ class LevelSetRoIHeads(RoIHeads):
             if name in _LEGACY_PARTS and hasattr(self.mask_branch, name):
                 state_dict[f"{prefix}mask_branch.{key[len(prefix):]}"] = state_dict.pop(key)
 
+    def branch_outputs(self, features: dict[str, Tensor], boxes: list[Tensor],
+                       image_shapes: list[tuple[int, int]], labels: Tensor,
+                       **kwargs: Any) -> dict[str, Tensor]:
+        """The mask branch's raw outputs for ``boxes`` (per image) of classes ``labels``
+        (all images concatenated); ``kwargs`` go to the branch (e.g. ``return_all``).
+
+        A branch that ``reads_image`` also gets ``image``: the pixels inside each box at its
+        ``M x M`` resolution (``roi_align`` of ``features["image"]``, pixel-centre sampling,
+        adaptive samples per bin).
+        """
+        assert self.mask_branch is not None
+        x = self.mask_head(self.mask_roi_pool(features, boxes, image_shapes))
+        if getattr(self.mask_branch, "reads_image", False):
+            if "image" not in features:
+                raise KeyError(
+                    f"{type(self.mask_branch).__name__} reads the image inside each box: the "
+                    "features need the normalised input batch as 'image' (LevelSetRCNN."
+                    "head_features adds it)")
+            size = int(self.mask_branch.resolution)
+            kwargs["image"] = roi_align(features["image"], boxes, output_size=size,
+                                        spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        return self.mask_branch(x, labels, **kwargs)
+
     def mask_maps(self, features: dict[str, Tensor], boxes: list[Tensor],
                   image_shapes: list[tuple[int, int]], labels: list[Tensor]
                   ) -> dict[str, Tensor]:
         """The branch's inference maps ``(R, 1, M, M)`` (all images in order) for ``boxes``
         with classes ``labels`` (see :meth:`.mask_branches.MaskBranch.inference`)."""
         assert self.mask_branch is not None
-        x = self.mask_head(self.mask_roi_pool(features, boxes, image_shapes))
-        return self.mask_branch.inference(self.mask_branch(x, torch.cat(labels)))
+        out = self.branch_outputs(features, boxes, image_shapes, torch.cat(labels))
+        return self.mask_branch.inference(out)
 
     def forward(
         self,
@@ -145,9 +171,8 @@ class LevelSetRoIHeads(RoIHeads):
                 matched_idxs=[m[i] for m, i in zip(matched_idxs, positive, strict=True)],
                 labels=torch.cat([lab[i] for lab, i in zip(labels, positive, strict=True)]),
             )
-            x = self.mask_head(self.mask_roi_pool(features, mask_targets.proposals,
-                                                  image_shapes))
-            out = self.mask_branch(x, mask_targets.labels)
+            out = self.branch_outputs(features, mask_targets.proposals, image_shapes,
+                                      mask_targets.labels)
             losses.update(self.mask_branch.losses(out, mask_targets))
             return result, losses
 

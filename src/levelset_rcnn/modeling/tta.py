@@ -148,6 +148,7 @@ class TTAWrapper(nn.Module):
         if isinstance(features, Tensor):
             features = OrderedDict([("0", features)])
         proposals, _ = m.rpn(image_list, features)
+        features = m.head_features(features, image_list)
         vsizes = image_list.image_sizes
         box_features = rh.box_head(rh.box_roi_pool(features, proposals, vsizes))
         class_logits, box_regression = rh.box_predictor(box_features)

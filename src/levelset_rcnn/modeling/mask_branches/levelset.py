@@ -27,6 +27,11 @@ Two feature heads (``cv_features``):
 Which map the Chan-Vese module reads follows from the parts given: ``low_res`` for an
 upsampling module, else ``compact`` when the head has it, else the head's output.
 
+Beyond the paper, ``cv_image_channels > 0`` appends the image itself to the features: an
+:class:`~levelset_rcnn.modeling.heads.ImageFeatureHead` mixes the pixels inside each box at
+``M x M`` (which the RoI heads pass as ``image``, see ``reads_image``) into that many
+channels, the classic Chan-Vese data term at the image's own resolution.
+
 ``detach_phi0`` (Table 4's ablation, "phi_0 does not take supervision from phi_N"):
 ``phi_N``'s loss reaches no parameter that ``phi_0`` depends on, neither the TSDF head nor the
 shared mask trunk (nor, through it, the backbone): the evolution starts from
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from ...levelset import ChanVese, UpsampledChanVese
@@ -47,6 +53,7 @@ from ..heads import (
     GlobalHyperParameters,
     HyperParameterHead,
     HyperParameters,
+    ImageFeatureHead,
     LearnedFeatureHead,
     TSDFPredictor,
 )
@@ -68,6 +75,9 @@ class LevelSetBranch(TSDFBranch):
             :class:`~levelset_rcnn.levelset.ChanVese`; its ``num_steps`` is ``N``.
         resolution, truncation, loss_weights: as :class:`~.tsdf.TSDFBranch`.
         detach_phi0: Table 4 ablation (see the module docstring).
+        image_head: features from the image inside each box
+            (:class:`~levelset_rcnn.modeling.heads.ImageFeatureHead`), appended to the
+            feature head's; ``None``: none (the paper).
     """
 
     refines_initial_tsdf = True
@@ -75,7 +85,8 @@ class LevelSetBranch(TSDFBranch):
     def __init__(self, tsdf_predictor: nn.Module, hyper_head: nn.Module, feature_head: nn.Module,
                  chan_vese: ChanVese | UpsampledChanVese, *, resolution: int = 112,
                  truncation: float = DEFAULT_TRUNCATION,
-                 loss_weights: Sequence[float] = (1.0, 5.0), detach_phi0: bool = False) -> None:
+                 loss_weights: Sequence[float] = (1.0, 5.0), detach_phi0: bool = False,
+                 image_head: nn.Module | None = None) -> None:
         super().__init__(tsdf_predictor, resolution=resolution, truncation=truncation,
                          loss_weights=loss_weights)
         if not isinstance(chan_vese, ChanVese | UpsampledChanVese):
@@ -88,6 +99,15 @@ class LevelSetBranch(TSDFBranch):
         self.feature_head = feature_head
         self.chan_vese = chan_vese
         self.detach_phi0 = bool(detach_phi0)
+        if image_head is not None and isinstance(chan_vese, UpsampledChanVese):
+            raise ValueError("image features are 112x112 maps: UpsampledChanVese reads 28x28 "
+                             "ones; use ChanVese (cv_upsampling='explicit')")
+        self.image_head = image_head
+
+    @property
+    def reads_image(self) -> bool:
+        """The RoI heads pass ``image``, the pixels inside each box at ``M x M``."""
+        return self.image_head is not None
 
     @property
     def num_steps(self) -> int:
@@ -102,7 +122,7 @@ class LevelSetBranch(TSDFBranch):
               cv_upsampling: str = "implicit", resolution: int = 112,
               truncation: float = DEFAULT_TRUNCATION,
               loss_weights: Sequence[float] = (1.0, 5.0),
-              detach_phi0: bool = False) -> LevelSetBranch:
+              detach_phi0: bool = False, cv_image_channels: int = 0) -> LevelSetBranch:
         """The branch with the default heads of :mod:`~levelset_rcnn.modeling.heads`.
 
         Args:
@@ -119,6 +139,9 @@ class LevelSetBranch(TSDFBranch):
             cv_features: ``"learned"`` or ``"interpolated"`` (module docstring).
             cv_fine_channels: the learned head's width at 112x112 (twice that at 56x56).
             cv_upsampling: ``"implicit"`` or ``"explicit"``, for interpolated features.
+            cv_image_channels: channels of features made from the image inside each box and
+                appended to the learned ones (beyond the paper; 0: none). Interpolated
+                features then need ``cv_upsampling="explicit"``.
         """
         if hyperparams not in ("head", "global"):
             raise ValueError(f"hyperparams must be 'head' or 'global', got {hyperparams!r}")
@@ -144,14 +167,18 @@ class LevelSetBranch(TSDFBranch):
                                            out_size=resolution)
             cv = (UpsampledChanVese(num_steps) if cv_upsampling == "implicit"
                   else ChanVese(num_steps))
+        if cv_image_channels < 0:
+            raise ValueError(f"cv_image_channels must be >= 0, got {cv_image_channels}")
+        image = ImageFeatureHead(3, cv_image_channels) if cv_image_channels else None
         return cls(tsdf, hyper, features, cv, resolution=resolution, truncation=truncation,
-                   loss_weights=loss_weights, detach_phi0=detach_phi0)
+                   loss_weights=loss_weights, detach_phi0=detach_phi0, image_head=image)
 
-    def forward(self, x: Tensor, labels: Tensor, *,
+    def forward(self, x: Tensor, labels: Tensor, *, image: Tensor | None = None,
                 return_all: bool = False) -> dict[str, Tensor]:
         """``phi0, phiN: (R, 1, M, M)``, ``hyper: (R, 2N + 3)`` and ``features`` (the map the
         Chan-Vese module reads); with ``return_all`` also ``phis``, the list
-        ``[phi_0, ..., phi_N]`` (for figures)."""
+        ``[phi_0, ..., phi_N]`` (for figures). ``image``: ``(R, 3, M, M)``, the pixels inside
+        each box, needed when the branch ``reads_image``."""
         out = super().forward(x, labels)
         # detach_phi0: the Chan-Vese heads read the trunk's features but send phi_N's gradient
         # no further, so nothing phi_0 depends on learns from phi_N.
@@ -164,6 +191,11 @@ class LevelSetBranch(TSDFBranch):
             features = self.feature_head.compact(xc)  # same evolution, fewer channels
         else:
             features = self.feature_head(xc)
+        if self.image_head is not None:
+            if image is None:
+                raise ValueError("this branch reads the image inside each box: pass image=(R, "
+                                 "3, M, M) (LevelSetRoIHeads.branch_outputs does)")
+            features = torch.cat([features, self.image_head(image.to(features.dtype))], dim=1)
         phi0 = out["phi0"]
         start = phi0.detach() if self.detach_phi0 else phi0
         phis = self.chan_vese(start, features, lambda1=hp.lambda1, lambda2=hp.lambda2, mu=hp.mu,
