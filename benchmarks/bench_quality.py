@@ -58,25 +58,35 @@ MODEL_SPECS: dict[str, tuple[str, tuple[str, ...], str, dict[str, str]]] = {
 }
 
 
-def _recipe(dataset: str, args: argparse.Namespace, work: Path) -> tuple[str, list[str]]:
-    common = [f"solver.max_iter={args.iters}", f"solver.steps=[{int(args.iters * 0.8)}]",
-              f"solver.warmup_iters={min(50, max(1, args.iters // 10))}",
-              f"model.backbone={args.backbone}", f"train.seed={args.seed}",
-              f"train.checkpoint_period={args.iters}", "train.log_period=20",
-              "train.eval_at_end=true", "train.eval_period=0"]
+def dataset_recipe(dataset: str, work: Path, *, dsb_src: Path | None = None,
+                   synthetic_train: int = 400, synthetic_val: int = 50) -> tuple[str, list[str]]:
+    """The packaged recipe of ``dataset`` and the overrides that point it at the data under
+    ``work`` (the DSB2018 annotations are converted there once; the synthetic images are
+    made there). Shared with :mod:`bench_shared_detector`."""
     if dataset == "synthetic":
-        return "synthetic_cpu", common + [
-            f"data.root={work / 'synthetic_data'}",
-            f"data.synthetic_train_images={args.synthetic_train}",
-            f"data.synthetic_val_images={args.synthetic_val}"]
+        return "synthetic_cpu", [f"data.root={work / 'synthetic_data'}",
+                                 f"data.synthetic_train_images={synthetic_train}",
+                                 f"data.synthetic_val_images={synthetic_val}"]
     from levelset_rcnn.data.converters import convert_dsb2018
 
+    src = dsb_src or DSB_DEFAULT
     ann = work / "dsb2018" / "nuclei_all.json"
     if not ann.is_file():
-        convert_dsb2018(args.dsb_src, ann, split="all", progress=False)
-    return "dsb2018_cpu", common + [
-        f"data.train_images={args.dsb_src}", f"data.val_images={args.dsb_src}",
-        f"data.train_ann={ann}", f"data.val_ann={ann}"]
+        convert_dsb2018(src, ann, split="all", progress=False)
+    return "dsb2018_cpu", [f"data.train_images={src}", f"data.val_images={src}",
+                           f"data.train_ann={ann}", f"data.val_ann={ann}"]
+
+
+def _recipe(dataset: str, args: argparse.Namespace, work: Path) -> tuple[str, list[str]]:
+    recipe, data = dataset_recipe(dataset, work, dsb_src=args.dsb_src,
+                                  synthetic_train=args.synthetic_train,
+                                  synthetic_val=args.synthetic_val)
+    return recipe, data + [
+        f"solver.max_iter={args.iters}", f"solver.steps=[{int(args.iters * 0.8)}]",
+        f"solver.warmup_iters={min(50, max(1, args.iters // 10))}",
+        f"model.backbone={args.backbone}", f"train.seed={args.seed}",
+        f"train.checkpoint_period={args.iters}", "train.log_period=20",
+        "train.eval_at_end=true", "train.eval_period=0"]
 
 
 def run_one(dataset: str, name: str, args: argparse.Namespace, work: Path) -> dict:

@@ -66,26 +66,16 @@ FROZEN = "train.freeze=[backbone,rpn,box_head]"
 
 
 def _recipe(dataset: str, args: argparse.Namespace, work: Path) -> tuple[str, list[str]]:
-    from bench_quality import DSB_DEFAULT
+    from bench_quality import dataset_recipe
 
+    recipe, data = dataset_recipe(dataset, work, dsb_src=args.dsb_src,
+                                  synthetic_train=args.synthetic_train,
+                                  synthetic_val=args.synthetic_val)
     common = ["train.log_period=20", "train.eval_period=0", "train.eval_at_end=false",
               f"model.backbone={args.backbone}"]
     if args.paste == "exact":
         common.append("model.mask_paste=exact")
-    if dataset == "synthetic":
-        return "synthetic_cpu", common + [
-            f"data.root={work / 'synthetic_data'}",
-            f"data.synthetic_train_images={args.synthetic_train}",
-            f"data.synthetic_val_images={args.synthetic_val}"]
-    from levelset_rcnn.data.converters import convert_dsb2018
-
-    src = args.dsb_src or DSB_DEFAULT
-    ann = work / "dsb2018" / "nuclei_all.json"
-    if not ann.is_file():
-        convert_dsb2018(src, ann, split="all", progress=False)
-    return "dsb2018_cpu", common + [
-        f"data.train_images={src}", f"data.val_images={src}", f"data.train_ann={ann}",
-        f"data.val_ann={ann}"]
+    return recipe, data + common
 
 
 def _budget(iters: int) -> list[str]:

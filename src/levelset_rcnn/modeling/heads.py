@@ -28,7 +28,7 @@ added cost small (the overhead target is 1.10x Mask R-CNN at inference):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -94,6 +94,16 @@ def hyperparameter_bias(num_steps: int, init: Mapping[str, float] | None = None)
     return torch.tensor([math.log((v / 2) / (1 - v / 2)) for v in order], dtype=torch.float32)
 
 
+def _init_relu_convs(modules: Iterable[nn.Module]) -> None:
+    """He initialisation (fan-out, ReLU) and zero bias for the (transposed) convolutions among
+    ``modules``, in order."""
+    for m in modules:
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 class TSDFPredictor(nn.Module):
     """Initial TSDF head: ``(R, in_channels, 14, 14)`` trunk features -> ``(R, K, 28, 28)``
     TSDF in [-1, 1] (``K = num_classes``, or 1 when ``class_agnostic``).
@@ -110,8 +120,7 @@ class TSDFPredictor(nn.Module):
         self.num_outputs = 1 if class_agnostic else num_classes
         self.upsample = nn.ConvTranspose2d(in_channels, hidden_channels, 2, stride=2)
         self.predict = nn.Conv2d(hidden_channels, self.num_outputs, 1)
-        nn.init.kaiming_normal_(self.upsample.weight, mode="fan_out", nonlinearity="relu")
-        nn.init.zeros_(self.upsample.bias)
+        _init_relu_convs([self.upsample])
         # Small output weights: tanh starts in its linear range instead of saturated at +-1.
         nn.init.normal_(self.predict.weight, std=0.01)
         nn.init.zeros_(self.predict.bias)
@@ -142,10 +151,7 @@ class HyperParameterHead(nn.Module):
         )
         self.fc1 = nn.Linear(hidden_channels, fc_channels)
         self.fc2 = nn.Linear(fc_channels, 2 * num_steps + 3)
-        for m in self.convs:
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+        _init_relu_convs(self.convs)
         # Small (not zero) weights: every instance starts near ``init`` and gradients reach
         # the convolutions from the first step.
         nn.init.normal_(self.fc2.weight, std=1e-3)
@@ -189,8 +195,7 @@ class ChanVeseFeatureHead(nn.Module):
         self.out_size = out_size
         self.upsample = nn.ConvTranspose2d(in_channels, hidden_channels, 2, stride=2)
         self.project = nn.Conv2d(hidden_channels, out_channels, 1)
-        nn.init.kaiming_normal_(self.upsample.weight, mode="fan_out", nonlinearity="relu")
-        nn.init.zeros_(self.upsample.bias)
+        _init_relu_convs([self.upsample])
         # Unit-variance-per-input init: ||F - c||^2 stays of order one at initialisation.
         nn.init.normal_(self.project.weight, std=1.0 / math.sqrt(hidden_channels * out_channels))
         nn.init.zeros_(self.project.bias)
@@ -245,10 +250,7 @@ class LearnedFeatureHead(nn.Module):
         )
         # No bias: the Chan-Vese energy is invariant to a constant offset of the features.
         self.project = nn.Conv2d(channels_112, out_channels, 1, bias=False)
-        for m in self.layers:
-            if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+        _init_relu_convs(self.layers)
         # As ChanVeseFeatureHead: ||F - c||^2 of order one at initialisation.
         nn.init.normal_(self.project.weight, std=1.0 / math.sqrt(channels_112 * out_channels))
 
@@ -308,10 +310,7 @@ class HighResMaskPredictor(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(fine_channels, num_classes, 1),
         )
-        for m in self.layers:
-            if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+        _init_relu_convs(self.layers)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)
