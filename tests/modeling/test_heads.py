@@ -106,3 +106,24 @@ def test_learned_features_are_the_default_and_interpolated_stays_an_option():
     interp = levelset_rcnn(**tiny_kwargs(cv_features="interpolated")).mask_branch
     assert isinstance(interp.feature_head, ChanVeseFeatureHead)
     assert isinstance(interp.chan_vese, UpsampledChanVese)
+
+
+def test_learned_head_compact_in_chunks_equals_one_pass(monkeypatch):
+    """On the CPU compact() runs the RoIs in cache-sized chunks; the values and the gradients
+    equal those of one pass over all RoIs (a chunk size that does not divide R included)."""
+    from levelset_rcnn.modeling import heads
+
+    torch.manual_seed(0)
+    head = heads.LearnedFeatureHead(8, out_channels=6, channels_28=8, channels_56=4,
+                                    channels_112=4)
+    x = torch.randn(7, 8, 14, 14, requires_grad=True)
+    monkeypatch.setattr(heads, "CPU_HEAD_CHUNK_ELEMENTS", 1 << 40)  # one pass
+    whole = head.compact(x)
+    (g_whole,) = torch.autograd.grad((whole ** 2).sum(), x)
+    per_roi = 4 * 112 * 112
+    monkeypatch.setattr(heads, "CPU_HEAD_CHUNK_ELEMENTS", 3 * per_roi)  # chunks of 3, 3, 1
+    chunked = head.compact(x)
+    (g_chunked,) = torch.autograd.grad((chunked ** 2).sum(), x)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g_chunked, g_whole, atol=1e-4, rtol=1e-4)
+    assert head.compact(x[:0]).shape == (0, 4, 112, 112)
