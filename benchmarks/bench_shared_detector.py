@@ -186,6 +186,22 @@ def _write_partial(args: argparse.Namespace, report: dict[str, Any], dataset: st
     args.json.write_text(json.dumps(partial, indent=2))
 
 
+def _previous(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The other datasets' results and timing already in ``--json`` (kept: datasets can be run
+    one at a time into one file); this run's datasets start empty."""
+    if not args.json or not args.json.is_file():
+        return {}, {}
+    try:
+        old = json.loads(args.json.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{args.json}: not a results file of this benchmark ({e}); pass "
+                         "another --json or remove it") from e
+    keep = {k: v for k, v in old.items() if k != "_meta" and k not in args.datasets}
+    timing = {k: v for k, v in old.get("_meta", {}).get("timing", {}).items()
+              if k in keep}
+    return keep, timing
+
+
 def _stats(values: list[float]) -> dict[str, float]:
     vals = [v for v in values if not math.isnan(v)]
     if not vals:
@@ -216,8 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
-    report: dict[str, Any] = {}
-    timing: dict[str, Any] = {}
+    report, timing = _previous(args)
     for dataset in args.datasets:
         work = args.work / dataset
         recipe, common = _recipe(dataset, args, args.work)
@@ -229,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
                 "model.arch=mask_rcnn", "train.seed=0", f"train.output_dir={det_dir}"],
                 args.quiet)
             _strip_mask_part(det_dir / "model_final.pth", detector)
-        timing[dataset] = {"detector_s": round(time.perf_counter() - t0, 1), "rows": {}}
+        timing[dataset] = {"detector_s": round(time.perf_counter() - t0, 1), "rows": {},
+                           "seeds": args.seeds, "iters": args.iters,
+                           "detector_iters": args.detector_iters}
         raw: dict[str, dict[str, dict[str, list[float]]]] = {"detections": {}, "gt_boxes": {}}
         ref_digest = None
         # seed-major: a run cut short still has every row for its first seeds
