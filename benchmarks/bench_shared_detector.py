@@ -25,6 +25,11 @@ Rows: ``maskrcnn`` (28x28), ``maskrcnn_112``, ``tsdf`` (Mask R-CNN on a TSDF tar
     python benchmarks/bench_shared_detector.py --datasets dsb2018 --seeds 0 --iters 100 \\
         --detector-iters 300 --rows maskrcnn levelset --json /tmp/q.json        # a short run
 
+Nothing finished is lost when a run is cut short: the JSON is rewritten after every run, each
+(row, seed) run leaves its scores (``bench_scores.json``) in its folder under ``--work``, and a
+rerun with the same budget reuses them (and the saved detector), scoring a finished training
+that has no scores yet instead of training it again.
+
 This is a benchmark, not a test.
 """
 
@@ -169,6 +174,41 @@ def _evaluate(trainer: Any) -> tuple[dict[str, dict], list[str]]:
     return {p: ev.evaluate() for p, ev in evs.items()}, digests
 
 
+#: Each finished (row, seed) run's scores, in its output folder: a rerun of the benchmark
+#: reuses them (same budget and detector) instead of training again.
+SCORES = "bench_scores.json"
+
+
+def _load_scores(path: Path, iters: int, detector: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        done = json.loads(path.read_text())
+    except ValueError:
+        return None  # cut short while writing: run again
+    if done.get("iters") != iters or done.get("detector") != str(detector.resolve()):
+        return None
+    return done
+
+
+def _trained(out: Path, iters: int, detector: Path) -> Any | None:
+    """A finished training of this run (``model_final.pth`` of the same budget and detector)
+    whose scores were not written (cut short while evaluating): scored without training."""
+    final = out / "model_final.pth"
+    if not final.is_file():
+        return None
+    from types import SimpleNamespace
+
+    from levelset_rcnn.engine.build import load_trained_model
+
+    model, cfg, _ = load_trained_model(final)
+    same_detector = Path(str(cfg.train.init_from)).resolve() == detector.resolve()
+    if cfg.solver.max_iter != iters or not same_detector:
+        return None
+    print(f"{out}: scoring the finished training in {final}")
+    return SimpleNamespace(model=model, cfg=cfg)
+
+
 def _write_partial(args: argparse.Namespace, report: dict[str, Any], dataset: str,
                    raw: dict[str, Any], timing: dict[str, Any]) -> None:
     """The JSON after every finished run, so that a long run cut short keeps its rows."""
@@ -254,13 +294,26 @@ def main(argv: list[str] | None = None) -> int:
             for group in args.rows:
                 arch, extra, keys = ROWS[group]
                 out = work / group / f"seed{seed}"
-                trainer, wall = _train(recipe, common + _budget(args.iters) + list(extra) + [
-                    f"model.arch={arch}", f"train.seed={seed}", f"train.output_dir={out}",
-                    f"train.init_from={detector}", FROZEN], args.quiet)
-                t_eval = time.perf_counter()
-                results, digests = _evaluate(trainer)
+                done = _load_scores(out / SCORES, args.iters, detector)
+                trainer = None if done else _trained(out, args.iters, detector)
+                wall = math.nan
+                if done is None and trainer is None:
+                    trainer, wall = _train(recipe, common + _budget(args.iters) + list(extra) + [
+                        f"model.arch={arch}", f"train.seed={seed}", f"train.output_dir={out}",
+                        f"train.init_from={detector}", FROZEN], args.quiet)
+                if done is None:
+                    t_eval = time.perf_counter()
+                    results, digests = _evaluate(trainer)
+                    done = {"results": results, "digests": digests, "iters": args.iters,
+                            "detector": str(detector.resolve()), "train_s": round(wall, 1),
+                            "eval_s": round(time.perf_counter() - t_eval, 1)}
+                    (out / SCORES).write_text(json.dumps(done, default=float))
+                else:
+                    print(f"{dataset}/{group}/seed{seed}: reusing {out / SCORES} (delete it to "
+                          "train and score this run again)")
+                results, digests = done["results"], done["digests"]
                 timing[dataset]["rows"].setdefault(group, []).append(
-                    {"train_s": round(wall, 1), "eval_s": round(time.perf_counter() - t_eval, 1)})
+                    {"train_s": done["train_s"], "eval_s": done["eval_s"]})
                 if ref_digest is None:
                     ref_digest = digests
                 elif digests != ref_digest:
