@@ -172,6 +172,38 @@ def test_cuda_matches_cpu():
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3 * max(1.0, b.abs().max().item()))
 
 
+@pytest.mark.parametrize("chunk_pixels", [None, 2 * 49])
+def test_gradcheck_chunked_and_a_second_backward_pass(monkeypatch, chunk_pixels):
+    """The backward pass writes the gradient of phi_0 into the storage of the kept
+    ``||F - m||^2`` chunk by chunk (and recomputes it when called again, with retain_graph)
+    and makes its maps in place: gradcheck with several RoI chunks, and two backward passes
+    through one graph give the same gradients as the reference's autograd."""
+    cv_module = importlib.import_module("levelset_rcnn.levelset.chan_vese")
+    if chunk_pixels is not None:
+        monkeypatch.setattr(cv_module, "CPU_CHUNK_ELEMENTS", chunk_pixels)  # 2, 2, 1 RoIs
+        assert len(cv_module.roi_chunks(5, 49, torch.device("cpu"))) == 3
+    phi0, feats, hp = _inputs(R=5, C=6, M=7, N=2, seed=4)
+    leaves = [t.clone().requires_grad_(True) for t in (phi0, feats, *hp.values())]
+
+    def fn(*xs):
+        p, f, l1, l2, mu, eps, dt = xs
+        return chan_vese_evolve(p, f, lambda1=l1, lambda2=l2, mu=mu, eps=eps, dt=dt,
+                                return_all=True)
+
+    assert torch.autograd.gradcheck(fn, tuple(leaves), eps=1e-6, atol=1e-7, rtol=1e-5)
+    loss = sum((k + 1.0) * o.sin().sum() for k, o in enumerate(fn(*leaves)[1:]))
+    first = torch.autograd.grad(loss, leaves, retain_graph=True)
+    second = torch.autograd.grad(loss, leaves)
+    ref_leaves = [t.detach().clone().requires_grad_(True) for t in leaves]
+    ref_out = ref_chan_vese(*ref_leaves[:2], *ref_leaves[2:], step_bound=CURVATURE_STEP_BOUND,
+                            return_all=True)
+    ref = torch.autograd.grad(sum((k + 1.0) * o.sin().sum() for k, o in
+                                  enumerate(ref_out[1:])), ref_leaves)
+    for a, b, r in zip(first, second, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, r, rtol=1e-6, atol=1e-9)
+
+
 def test_cpu_roi_chunking_gives_the_same_values_and_gradients(monkeypatch):
     cv_module = importlib.import_module("levelset_rcnn.levelset.chan_vese")
 

@@ -24,6 +24,12 @@ straight into the buffer of the low-rank gradient of ``F``. On the CPU the RoI c
 their state into whole-batch tensors allocated before the first chunk's temporaries, so the
 kept state does not pin freed heap blocks. Only the level sets asked for are outputs
 (``phi_N``, or all with ``return_all``); gradients of unused ones are never materialised.
+The backward pass writes the gradient of ``phi_0`` into the storage of ``q`` (each RoI chunk
+once its steps are done; a second backward pass, with ``retain_graph``, recomputes ``q``),
+accumulates the gradient of ``q`` in place in a row of the low-rank factors, and makes a
+step's maps in place where the same operations in the same order allow it (bit for bit the
+same values): its working set beyond the gradient of ``F`` is the kept state and a few maps
+of one chunk.
 
 Numerical choices (all exact identities or documented regularisers):
 
@@ -188,6 +194,16 @@ def level_set_step(
     return phi + dt * d * V, V
 
 
+def _level_set_step_(
+    phi: Tensor, d: Tensor, K: Tensor, q: Tensor, fw: Tensor, const: Tensor, l1: Tensor,
+    l2: Tensor, mu: Tensor, dt: Tensor, out: Tensor | None = None,
+) -> Tensor:
+    """``phi_next`` of :func:`level_set_step`, bit for bit (the same operations in the same
+    order), made in place: it consumes ``K``, and writes into ``out`` if given."""
+    V = torch.mul(q, l2 - l1).add_(fw, alpha=2.0).add_(const).add_(K.mul_(mu))
+    return torch.add(phi, V.mul_(torch.mul(dt, d)), out=out)
+
+
 def roi_chunks(R: int, P: int, device: torch.device) -> list[slice]:
     """Split the RoIs so that on the CPU a per-pixel tensor of a chunk stays cache-sized.
 
@@ -227,13 +243,15 @@ def _contract_pair(Ff: Tensor, w: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
 _FEW_CHANNELS = 4
 
 
-def _centred_sq_norm(Ff: Tensor, m: Tensor) -> Tensor:
-    """``||F - m||^2`` over channels: ``(R, P)``. On the CPU one RoI at a time, so the
-    temporary ``F - m`` is cache-sized (a chunk-sized temporary costs ten times more, mostly
-    in page faults); on a GPU in one kernel sequence."""
+def _centred_sq_norm(Ff: Tensor, m: Tensor, out: Tensor | None = None) -> Tensor:
+    """``||F - m||^2`` over channels: ``(R, P)`` (written into ``out`` if given). On the CPU
+    one RoI at a time, so the temporary ``F - m`` is cache-sized (a chunk-sized temporary
+    costs ten times more, mostly in page faults); on a GPU in one kernel sequence."""
     if Ff.device.type != "cpu":
-        return (Ff - m.unsqueeze(-1)).square_().sum(1)
-    q = Ff.new_empty(Ff.shape[0], Ff.shape[2])
+        if out is None:
+            return (Ff - m.unsqueeze(-1)).square_().sum(1)
+        return torch.sum((Ff - m.unsqueeze(-1)).square_(), dim=1, out=out)
+    q = Ff.new_empty(Ff.shape[0], Ff.shape[2]) if out is None else out
     for r in range(Ff.shape[0]):
         torch.sum((Ff[r] - m[r].unsqueeze(-1)).square_(), dim=0, out=q[r])
     return q
@@ -242,6 +260,7 @@ def _centred_sq_norm(Ff: Tensor, m: Tensor) -> Tensor:
 #: What the forward pass keeps for the backward pass, besides the inputs and the level sets
 #: ``phi_1 .. phi_{N-1}``: ``q = ||F - m||^2 (R, P)`` and per-RoI vectors.
 _STATE_KEYS = ("q", "m", "c1m", "c2m", "a", "w")
+_SAVED_KEYS = _STATE_KEYS[1:]  # q is kept apart (see _ChanVeseFunction.forward)
 _PER_STEP = ("c1m", "c2m", "a", "w")  # stacked (N, R, ...)
 
 
@@ -259,6 +278,8 @@ def _forward_chunk(
     bound: float | None,
     record: bool,
     keep_all: bool,
+    out_phis: Sequence[Tensor] | None = None,
+    out_q: Tensor | None = None,
 ) -> tuple[list[Tensor], dict[str, Tensor]]:
     """Run the N steps on flattened tensors: ``phi (R, P)``, ``Ff (R, C, P)``.
 
@@ -266,14 +287,17 @@ def _forward_chunk(
     and, when ``record``, the per-chunk state of :data:`_STATE_KEYS`: ``q (R, P)``,
     ``m (R, C)``, and stacked per step ``c1m, c2m, w (N, R, C)``, ``a (N, R)``. The speed
     ``V`` is not kept: the backward pass recomputes it within a read of ``F`` it makes
-    anyway.
+    anyway. ``out_phis`` (``phi_1 .. phi_N``) and ``out_q``, if given, receive the level
+    sets and ``q`` (views of the whole batch's tensors: no per-chunk copies).
     """
     R, C, P = Ff.shape
     height = P // width
     num_steps = eps.shape[1]
     sF = Ff.sum(-1)  # (R, C)
     m = sF / P  # per-RoI channel means: a constant shift, see the module docstring
-    q = _centred_sq_norm(Ff, m)  # ||F - m||^2: (R, P)
+    # ||F - m||^2: (R, P); called with two arguments unless written in place (the export
+    # substitutes a vectorised two-argument version)
+    q = _centred_sq_norm(Ff, m) if out_q is None else _centred_sq_norm(Ff, m, out=out_q)
     l1, l2, mu_ = lambda1.unsqueeze(-1), lambda2.unsqueeze(-1), mu.unsqueeze(-1)
     phis = [phi]
     small: dict[str, list[Tensor]] = {"c1m": [], "c2m": [], "a": [], "w": []}
@@ -286,7 +310,9 @@ def _forward_chunk(
         c1m, c2m, w, const = region_terms(fh, a, m, P, l1, l2)
         Fw = _contract(Ff, w) - (w * m).sum(-1, keepdim=True)  # (F - m).w: (R, P)
         K = _curvature(phi, mu_, t, height, width, eta, bound)
-        phi, _ = level_set_step(phi, d, K, q, Fw, const, l1, l2, mu_, t)
+        phi = _level_set_step_(phi, d, K, q, Fw, const, l1, l2, mu_, t,
+                               out=None if out_phis is None else out_phis[n])
+        del K, Fw, d
         if record:
             for key, val in (("c1m", c1m), ("c2m", c2m), ("a", a), ("w", w)):
                 small[key].append(val)
@@ -334,11 +360,16 @@ def _backward_chunk(
     eta: float,
     bound: float | None,
     g_F_out: Tensor | None,
+    g_phi_out: Tensor | None = None,
 ) -> tuple[Tensor, ...]:
     """Gradients of one RoI chunk; writes the gradient of ``Ff`` into ``g_F_out`` if given.
 
     ``g_out[n]`` is the incoming gradient of ``phi_n`` (``None``: zero; ``n = 1 .. N``),
-    ``phis`` the level sets ``phi_0 .. phi_{N-1}``.
+    ``phis`` the level sets ``phi_0 .. phi_{N-1}``. With ``g_phi_out`` (``(R, P)``, may be
+    the storage of ``state["q"]``, which is dead once the steps are done) the gradient of
+    ``phi_0`` is written there and returned. The maps of a step are made in place where the
+    same operations in the same order allow it (the same values bit for bit), so that fewer
+    of them are alive at once.
     """
     R, C, P = Ff.shape
     height = P // width
@@ -352,12 +383,15 @@ def _backward_chunk(
     g_mu = torch.zeros_like(lambda1)
     g_eps = torch.zeros_like(eps)
     g_dt = torch.zeros_like(dt)
-    g_V = torch.zeros_like(q)  # sum over steps of dL/dV: the gradient of q is (l2 - l1) g_V
     g_sF = torch.zeros_like(m)
     if g_F_out is not None:
-        # gradient of F = sum_k left[:, :, k] (x) right[:, k] + 2 F * g_q, filled step by step
+        # gradient of F = sum_k left[:, :, k] (x) right[:, k] + 2 F * g_q, filled step by step;
+        # the last row of right accumulates g_V = sum over steps of dL/dV, and becomes
+        # g_q = (l2 - l1) g_V (the gradient of q) in place
         left = Ff.new_empty(R, C, 2 * num_steps + 2)
         right = Ff.new_empty(R, 2 * num_steps + 2, P)
+        g_V = right[:, 2 * num_steps + 1]
+        g_V.zero_()
 
     g = g_out[num_steps]
     if g is None:
@@ -368,7 +402,7 @@ def _backward_chunk(
         c1m, c2m, a, w = c1s[n], c2s[n], As[n], Ws[n]
         d = dirac(phi, e)
         # phi_next = phi + t * d * V
-        gV = g * t * d
+        gV = torch.mul(g, t).mul_(d)
         # V = mu K + D, K = curvature(phi) with the floor tau(mu, t); first, while few other
         # maps are alive (the autograd recomputation is the step's largest working set)
         K, g_phi_K, g_mu_K, g_t_K = _curvature_vjp(
@@ -380,10 +414,15 @@ def _backward_chunk(
         c1sq, c2sq = c1m.square().sum(1, keepdim=True), c2m.square().sum(1, keepdim=True)
         g_l2 += gVq + (s * c2sq).squeeze(-1)
         g_l1 -= gVq + (s * c1sq).squeeze(-1)
-        g_V += gV
         # gy and H are factors of the gradient of F: made in place in its buffer
-        gy = torch.mul(gV, 2.0, out=right[:, 2 * n]) if g_F_out is not None else 2.0 * gV
+        if g_F_out is not None:
+            g_V += gV
+            gy = torch.mul(gV, 2.0, out=right[:, 2 * n])
+        else:
+            gy = gV.mul_(2.0)
+        del gV
         g_w = _project(Ff, gy) - m * gy.sum(-1, keepdim=True)
+        del gy
         g_c1 = -2.0 * l1 * s * c1m
         g_c2 = 2.0 * l2 * s * c2m
         # w = l1 (c1 - m) - l2 (c2 - m)
@@ -401,19 +440,25 @@ def _backward_chunk(
         # One read of F gives both F.w (for the speed V, not kept by the forward pass) and
         # F.g_fH (for the gradient of H).
         Fw, gH = _contract_pair(Ff, w, g_fH)
-        fw = Fw - (w * m).sum(-1, keepdim=True)
-        V = level_set_speed(K, q, fw, _region_const(c1m, c2m, l1, l2), l1, l2, mu_)
-        del K, Fw, fw
+        # V = mu K + ((l2 - l1) q + 2 fw + const), as level_set_speed, made in place
+        V = torch.mul(q, l2 - l1)
+        V.add_(Fw.sub_((w * m).sum(-1, keepdim=True)), alpha=2.0)  # + 2 (F - m).w
+        V.add_(_region_const(c1m, c2m, l1, l2)).add_(K.mul_(mu_))
+        del K, Fw
         g_dt[:, n] = (g * d * V).sum(-1)
-        gd = g * t * V
+        gd = V.mul_(g * t)  # g * t * V
         del V
         u = phi / e  # d = s / pi with s = 1 / (1 + u^2); dd/dphi = -2 u s d / e
-        ud_e = u * d * (1.0 + u * u).reciprocal_() / e
-        g_phi = g - 2.0 * gd * ud_e + g_phi_K
-        g_e = 2.0 * (gd * ud_e * u).sum(-1)
+        ud_e = torch.mul(u, u).add_(1.0).reciprocal_().mul_(torch.mul(u, d)).div_(e)
+        g_phi = torch.mul(gd, 2.0).mul_(ud_e)
+        g_phi = torch.sub(g, g_phi, out=g_phi).add_(g_phi_K)  # g - 2 gd ud_e + g_phi_K
+        del g_phi_K
+        g_e = 2.0 * gd.mul_(ud_e).mul_(u).sum(-1)
+        del gd, ud_e
         gH += g_a
-        g_phi += gH * (d / e)
-        g_e -= (gH * (d * u / e)).sum(-1)
+        g_phi += torch.div(d, e).mul_(gH)  # gH * (d / e)
+        g_e -= u.mul_(d).div_(e).mul_(gH).sum(-1)  # gH * (d u / e)
+        del u, gH
         g_eps[:, n] = g_e
         if g_mu_K is not None:
             g_mu += g_mu_K
@@ -422,14 +467,20 @@ def _backward_chunk(
             left[:, :, 2 * n] = w
             left[:, :, 2 * n + 1] = g_fH
             heaviside(phi, e, out=right[:, 2 * n + 1])
-        g = g_phi if g_out[n] is None else g_phi + g_out[n]
+        del d
+        if g_out[n] is None:
+            g = g_phi
+        else:
+            g = g_phi.add_(g_out[n])
+        del g_phi
+    if g_phi_out is not None:
+        g = g_phi_out.copy_(g)
 
     if g_F_out is not None:
-        g_q = (l2 - l1) * g_V
+        g_q = g_V.mul_(l2 - l1)
         left[:, :, 2 * num_steps] = g_sF
         right[:, 2 * num_steps] = 1.0
         left[:, :, 2 * num_steps + 1] = -2.0 * m
-        right[:, 2 * num_steps + 1] = g_q
         torch.bmm(left, right, out=g_F_out)  # (R, C, P)
         g_F_out.addcmul_(Ff, g_q.unsqueeze(1), value=2.0)
     return g, g_l1, g_l2, g_mu, g_eps, g_dt
@@ -458,31 +509,37 @@ class _ChanVeseFunction(torch.autograd.Function):
             state = {"q": Ff.new_empty(R, P), "m": Ff.new_empty(R, C), "a": Ff.new_empty(N, R),
                      **{k: Ff.new_empty(N, R, C) for k in ("c1m", "c2m", "w")}}
         for sl in chunks:
+            several = len(chunks) > 1
             steps, ex = _forward_chunk(
                 phi0[sl], Ff[sl], lambda1[sl], lambda2[sl], mu[sl], eps[sl], dt[sl],
                 width=width, eta=eta, bound=bound, record=True, keep_all=True,
+                out_phis=[buf[sl] for buf in phis] if several else None,
+                out_q=state["q"][sl] if several else None,
             )
-            if len(chunks) == 1:
+            if not several:
                 phis, state = steps[1:], ex
                 break
-            for buf, val in zip(phis, steps[1:], strict=True):
-                buf[sl] = val
             for k, val in ex.items():
+                if k == "q":
+                    continue  # written in place, as the level sets
                 if k in _PER_STEP:
                     state[k][:, sl] = val
                 else:
                     state[k][sl] = val
             del steps, ex
+        # q is kept as an attribute, not a saved tensor: the backward pass writes the gradient
+        # of phi_0 into its storage once it is dead (and recomputes q if called again)
+        ctx.q = state.pop("q")
         ctx.save_for_backward(phi0, Ff, lambda1, lambda2, mu, eps, dt,
-                              *(state[k] for k in _STATE_KEYS), *phis[:-1])
+                              *(state[k] for k in _SAVED_KEYS), *phis[:-1])
         ctx.width, ctx.eta, ctx.bound, ctx.keep_all = width, eta, bound, keep_all
         return tuple(phis if keep_all else phis[-1:])
 
     @staticmethod
     def backward(ctx, *grads):  # noqa: D102
         phi0, Ff, lambda1, lambda2, mu, eps, dt, *rest = ctx.saved_tensors
-        ns = len(_STATE_KEYS)
-        state, iterates = dict(zip(_STATE_KEYS, rest[:ns], strict=True)), rest[ns:]
+        ns = len(_SAVED_KEYS)
+        state, iterates = dict(zip(_SAVED_KEYS, rest[:ns], strict=True)), rest[ns:]
         R, C, P = Ff.shape
         N = eps.shape[1]
         g_out: list[Tensor | None] = [None] * (N + 1)  # by step; phi_0 is not an output
@@ -490,12 +547,16 @@ class _ChanVeseFunction(torch.autograd.Function):
             g_out[1:] = grads
         else:
             g_out[N] = grads[0]
+        # q's storage becomes the gradient of phi_0 (chunk by chunk, once the chunk's steps
+        # are done), so q is consumed: a second backward pass (retain_graph) recomputes it.
+        q, ctx.q = ctx.q, None
+        if q is None:
+            q = _centred_sq_norm(Ff, state["m"])
+        state["q"] = q
         g_F = torch.empty_like(Ff) if ctx.needs_input_grad[1] else None
         chunks = roi_chunks(R, P, Ff.device)
         if len(chunks) > 1:
-            results = [phi0.new_empty(R, P)] + [
-                t.new_empty(t.shape) for t in (lambda1, lambda2, mu, eps, dt)
-            ]
+            results = [q] + [t.new_empty(t.shape) for t in (lambda1, lambda2, mu, eps, dt)]
         for sl in chunks:
             parts = _backward_chunk(
                 [None if g is None else g[sl] for g in g_out],
@@ -503,13 +564,15 @@ class _ChanVeseFunction(torch.autograd.Function):
                 lambda1[sl], lambda2[sl], mu[sl], eps[sl], dt[sl],
                 {k: v[:, sl] if k in _PER_STEP else v[sl] for k, v in state.items()},
                 width=ctx.width, eta=ctx.eta, bound=ctx.bound,
-                g_F_out=None if g_F is None else g_F[sl],
+                g_F_out=None if g_F is None else g_F[sl], g_phi_out=q[sl],
             )
             if len(chunks) == 1:
                 results = list(parts)
                 break
-            for res, part in zip(results, parts, strict=True):
+            for res, part in zip(results[1:], parts[1:], strict=True):
                 res[sl] = part
+            del parts
+        del state, q
         g_phi, g_l1, g_l2, g_mu, g_eps, g_dt = results
         return g_phi, g_F, g_l1, g_l2, g_mu, g_eps, g_dt, None, None, None, None
 
