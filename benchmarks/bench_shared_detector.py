@@ -242,6 +242,34 @@ def _previous(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
     return keep, timing
 
 
+def print_tables(report: dict[str, Any], baseline: str = "maskrcnn") -> None:
+    """Markdown tables of a report (mean ± std per metric), with each row's difference to
+    ``baseline`` in mask AP, AF1 and Boundary AP; ``*`` marks a difference larger than twice
+    the larger standard deviation (the only ones that count; none with a single seed)."""
+    cols = METRICS + ("box_AP",)
+    for dataset, protocols in report.items():
+        if dataset.startswith("_"):
+            continue
+        for proto, rows in protocols.items():
+            print(f"\n{dataset}, {proto}")
+            print("| row | " + " | ".join(cols) + " | d AP | d AF1 | d BAP |\n| --- |"
+                  + " ---: |" * (len(cols) + 3))
+            base = rows.get(baseline)
+            for row, r in rows.items():
+                diffs = []
+                for m in ("AP", "AF1", "boundary_AP"):
+                    if base is None or row == baseline:
+                        diffs.append("")
+                        continue
+                    d = r[m]["mean"] - base[m]["mean"]
+                    spread = max(r[m]["std"], base[m]["std"])  # 0: one seed, nothing counts
+                    sig = spread > 0 and abs(d) > 2 * spread
+                    diffs.append(f"{d:+.1f}{'*' if sig else ''}")
+                print(f"| {row} | " + " | ".join(
+                    f"{r[m]['mean']:.1f} ± {r[m]['std']:.1f}" for m in cols) + " | "
+                    + " | ".join(diffs) + " |")
+
+
 def _stats(values: list[float]) -> dict[str, float]:
     vals = [v for v in values if not math.isnan(v)]
     if not vals:
@@ -270,7 +298,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="mask pasting: each model's default (exact for level sets, "
                         "torchvision's for binary masks) or exact for every row")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--show", action="store_true",
+                   help="only print the tables of the results already in --json")
     args = p.parse_args(argv)
+    if args.show:
+        if not args.json or not args.json.is_file():
+            raise SystemExit("--show needs --json naming a results file")
+        print_tables(json.loads(args.json.read_text()))
+        return 0
 
     report, timing = _previous(args)
     for dataset in args.datasets:
@@ -330,14 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         report[dataset] = {proto: {row: {m: _stats(v) for m, v in cells.items()}
                                    for row, cells in rows.items()}
                            for proto, rows in raw.items()}
-        for proto, rows in report[dataset].items():
-            print(f"\n{dataset}, {proto}: {len(args.seeds)} seeds, detector "
-                  f"{args.detector_iters} it., mask branches {args.iters} it. each")
-            cols = METRICS + ("box_AP",)
-            print("| row | " + " | ".join(cols) + " |\n| --- |" + " ---: |" * len(cols))
-            for row, r in rows.items():
-                print(f"| {row} | " + " | ".join(
-                    f"{r[m]['mean']:.1f} ± {r[m]['std']:.1f}" for m in cols) + " |")
+        print_tables({dataset: report[dataset]})
     report["_meta"] = {"seeds": args.seeds, "iters": args.iters,
                        "detector_iters": args.detector_iters, "backbone": args.backbone,
                        "timing": timing, "identical_detections": True, "complete": True}
