@@ -273,8 +273,10 @@ class LearnedFeatureHead(nn.Module):
         w = self.project.weight[:, :, 0, 0]  # (C, c112)
         _, r = torch.linalg.qr(w.float(), mode="reduced")  # (k, c112)
         per_roi = self.layers[-2].out_channels * self.out_size ** 2
-        size = x.shape[0] if x.device.type != "cpu" else max(1, CPU_HEAD_CHUNK_ELEMENTS // per_roi)
-        if x.shape[0] <= size:
+        one_pass = (x.device.type != "cpu" or torch.jit.is_tracing()
+                    or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
+        size = max(1, CPU_HEAD_CHUNK_ELEMENTS // per_roi)
+        if one_pass or x.shape[0] <= size:  # an exported graph serves any number of RoIs
             g = self.layers(x)
             return torch.einsum("kc,rchw->rkhw", r.to(g.dtype), g)
         out = []
