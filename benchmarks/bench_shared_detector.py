@@ -67,6 +67,20 @@ ROWS: dict[str, tuple[str, tuple[str, ...], dict[str, str]]] = {
     "delse_hp": ("levelset_rcnn", ("model.mask_head_type=delse_hp",),
                  {"delse_hp_phi0": "masks_phi0", "delse_hp_phiN": "masks"}),
 }
+#: Row names in the printed tables.
+LABELS = {
+    "maskrcnn": "Mask R-CNN 28x28", "maskrcnn_112": "Mask R-CNN 112x112",
+    "tsdf": "Mask R-CNN on a TSDF target",
+    "levelset_phi0": "LevelSet phi_0", "levelset_phiN": "LevelSet phi_N",
+    "levelset_image_phi0": "LevelSet + image features phi_0",
+    "levelset_image_phiN": "LevelSet + image features phi_N",
+    "levelset_interp_phi0": "LevelSet, interpolated features, phi_0",
+    "levelset_interp_phiN": "LevelSet, interpolated features, phi_N",
+    "lsloss": "LS loss", "delse_phi0": "DELSE phi_0", "delse_phiN": "DELSE phi_N",
+    "delse_hp_phi0": "DELSE + HP phi_0", "delse_hp_phiN": "DELSE + HP phi_N",
+}
+COLUMNS = {"AP": "mask AP", "AP75": "AP75", "AF1": "AF1", "AF2": "AF2",
+           "boundary_AP": "Boundary AP", "box_AP": "box AP"}
 FROZEN = "train.freeze=[backbone,rpn,box_head]"
 
 
@@ -252,8 +266,8 @@ def print_tables(report: dict[str, Any], baseline: str = "maskrcnn") -> None:
             continue
         for proto, rows in protocols.items():
             print(f"\n{dataset}, {proto}")
-            print("| row | " + " | ".join(cols) + " | d AP | d AF1 | d BAP |\n| --- |"
-                  + " ---: |" * (len(cols) + 3))
+            print("| row | " + " | ".join(COLUMNS[c] for c in cols)
+                  + " | Δ AP | Δ AF1 | Δ BAP |\n| --- |" + " ---: |" * (len(cols) + 3))
             base = rows.get(baseline)
             for row, r in rows.items():
                 diffs = []
@@ -265,7 +279,7 @@ def print_tables(report: dict[str, Any], baseline: str = "maskrcnn") -> None:
                     spread = max(r[m]["std"], base[m]["std"])  # 0: one seed, nothing counts
                     sig = spread > 0 and abs(d) > 2 * spread
                     diffs.append(f"{d:+.1f}{'*' if sig else ''}")
-                print(f"| {row} | " + " | ".join(
+                print(f"| {LABELS.get(row, row)} | " + " | ".join(
                     f"{r[m]['mean']:.1f} ± {r[m]['std']:.1f}" for m in cols) + " | "
                     + " | ".join(diffs) + " |")
 
