@@ -377,7 +377,7 @@ def print_layer(res: dict, args) -> None:
     if "peak_memory_ratio" in res:
         print(f"{'train extra memory':24}{res['reference_extra_bytes'] * mb:>10.0f}MB"
               f"{res['ours_extra_bytes'] * mb:>10.0f}MB{res['peak_memory_ratio']:>9.3f}x"
-              f"  <= 0.25x   (F itself: {f_bytes * mb:.0f} MB)")
+              f"  <= 0.10x   (F itself: {f_bytes * mb:.0f} MB)")
         if "peak_memory_ratio_cold" in res:
             print(f"{'  first call, cold':24}{res['reference_extra_bytes_cold'] * mb:>10.0f}MB"
                   f"{res['ours_extra_bytes_cold'] * mb:>10.0f}MB"
