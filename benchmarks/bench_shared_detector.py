@@ -223,21 +223,24 @@ def _trained(out: Path, iters: int, detector: Path) -> Any | None:
     return SimpleNamespace(model=model, cfg=cfg)
 
 
-def _write_partial(args: argparse.Namespace, report: dict[str, Any], dataset: str,
-                   raw: dict[str, Any], timing: dict[str, Any]) -> None:
-    """The JSON after every finished run, so that a long run cut short keeps its rows."""
+def _summary(raw: dict[str, Any]) -> dict[str, Any]:
+    """``{protocol: {row: {metric: [one value per seed]}}}`` -> mean and standard deviation."""
+    return {proto: {row: {m: _stats(v) for m, v in cells.items()} for row, cells in rows.items()}
+            for proto, rows in raw.items()}
+
+
+def _write_report(args: argparse.Namespace, report: dict[str, Any], timing: dict[str, Any], *,
+                  complete: bool) -> None:
+    """The JSON: written after every finished run (``complete=False``), so that a long run cut
+    short keeps its rows, and at the end."""
     if not args.json:
         return
-    partial = dict(report)
-    partial[dataset] = {proto: {row: {m: _stats(v) for m, v in cells.items()}
-                                for row, cells in rows.items()} for proto, rows in raw.items()}
-    partial["_meta"] = {"seeds": args.seeds, "iters": args.iters,
-                        "detector_iters": args.detector_iters, "backbone": args.backbone,
-                        "timing": timing, "identical_detections": True, "complete": False,
-                        "runs": {row: len(next(iter(c.values()))) for row, c in
-                                 raw["detections"].items()}}
+    out = dict(report)
+    out["_meta"] = {"seeds": args.seeds, "iters": args.iters,
+                    "detector_iters": args.detector_iters, "backbone": args.backbone,
+                    "timing": timing, "identical_detections": True, "complete": complete}
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(partial, indent=2))
+    args.json.write_text(json.dumps(out, indent=2))
 
 
 def _previous(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -375,17 +378,11 @@ def main(argv: list[str] | None = None) -> int:
                         for m in METRICS:
                             cell[m].append(float(segm.get(m, math.nan)))
                         cell["box_AP"].append(float(res.get("bbox", {}).get("AP", math.nan)))
-                _write_partial(args, report, dataset, raw, timing)
-        report[dataset] = {proto: {row: {m: _stats(v) for m, v in cells.items()}
-                                   for row, cells in rows.items()}
-                           for proto, rows in raw.items()}
+                report[dataset] = _summary(raw)
+                _write_report(args, report, timing, complete=False)
         print_tables({dataset: report[dataset]})
-    report["_meta"] = {"seeds": args.seeds, "iters": args.iters,
-                       "detector_iters": args.detector_iters, "backbone": args.backbone,
-                       "timing": timing, "identical_detections": True, "complete": True}
+    _write_report(args, report, timing, complete=True)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
     return 0
 

@@ -276,14 +276,14 @@ class LearnedFeatureHead(nn.Module):
         one_pass = (x.device.type != "cpu" or torch.jit.is_tracing()
                     or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
         size = max(1, CPU_HEAD_CHUNK_ELEMENTS // per_roi)
-        if one_pass or x.shape[0] <= size:  # an exported graph serves any number of RoIs
-            g = self.layers(x)
+
+        def rg(xs: Tensor) -> Tensor:
+            g = self.layers(xs)
             return torch.einsum("kc,rchw->rkhw", r.to(g.dtype), g)
-        out = []
-        for i in range(0, x.shape[0], size):
-            g = self.layers(x[i : i + size])
-            out.append(torch.einsum("kc,rchw->rkhw", r.to(g.dtype), g))
-        return torch.cat(out)
+
+        if one_pass or x.shape[0] <= size:  # an exported graph serves any number of RoIs
+            return rg(x)
+        return torch.cat([rg(x[i : i + size]) for i in range(0, x.shape[0], size)])
 
 
 class ImageFeatureHead(nn.Module):

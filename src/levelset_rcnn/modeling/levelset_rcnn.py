@@ -166,7 +166,7 @@ class LevelSetRCNN(MaskRCNN):
         batched input as ``"image"`` when the mask branch reads the image inside each box
         (``reads_image``; e.g. ``cv_image_channels``). Code that calls
         ``roi_heads.mask_maps`` itself (test-time augmentation, figures) passes these."""
-        if getattr(self.mask_branch, "reads_image", False):
+        if self.mask_branch is not None and self.mask_branch.reads_image:
             return {**features, "image": images.tensors}
         return features
 

@@ -95,7 +95,7 @@ class LevelSetRoIHeads(RoIHeads):
         """
         assert self.mask_branch is not None
         x = self.mask_head(self.mask_roi_pool(features, boxes, image_shapes))
-        if getattr(self.mask_branch, "reads_image", False):
+        if self.mask_branch.reads_image:
             if "image" not in features:
                 raise KeyError(
                     f"{type(self.mask_branch).__name__} reads the image inside each box: the "

@@ -14,8 +14,9 @@ heads call it the same way whatever the variant:
   :func:`masks_from_maps` makes the mask probabilities of either.
 
 Class attributes say what a branch is: ``refines_initial_tsdf`` (its masks refine an initial
-TSDF ``phi_0``, which the engine evaluates beside them) and ``predicts_level_sets`` (its
-inference maps include ``tsdf``).
+TSDF ``phi_0``, which the engine evaluates beside them), ``predicts_level_sets`` (its
+inference maps include ``tsdf``) and ``reads_image`` (``forward`` also takes the pixels
+inside each box as ``image``).
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ class MaskBranch(nn.Module):
     refines_initial_tsdf: bool = False
     #: The inference maps hold level sets (``tsdf``), not only mask probabilities.
     predicts_level_sets: bool = True
+    #: ``forward`` also takes ``image``: the pixels inside each box at the branch's
+    #: ``resolution`` (the RoI heads RoIAlign them from ``features["image"]``).
+    reads_image: bool = False
 
     def forward(self, x: Tensor, labels: Tensor) -> dict[str, Tensor]:  # pragma: no cover
         raise NotImplementedError
