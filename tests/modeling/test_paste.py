@@ -49,6 +49,21 @@ def test_the_cropped_paste_equals_the_whole_image_paste():
     torch.testing.assert_close(crop, whole, rtol=0, atol=1e-12)
 
 
+def test_then_is_applied_near_the_boxes_with_the_same_values():
+    """``then`` (the level set's mask probabilities) on the cropped paste gives exactly the
+    probabilities of the pasted level set, inside the boxes and out, including a box that
+    leaves the image; float32, as the model pastes."""
+    g = torch.Generator().manual_seed(1)
+    maps = (torch.rand(4, 1, 112, 112, generator=g) * 2 - 1).float()
+    boxes = torch.cat([BOXES, torch.tensor([[70.0, 60.0, 120.0, 95.0]], dtype=torch.float64)])
+    want = mask_probabilities(paste_roi_maps(maps, boxes, (80, 90), fill=-1.0))
+    got = paste_roi_maps(maps, boxes, (80, 90), fill=-1.0, then=mask_probabilities)
+    assert got.dtype == want.dtype == torch.float32
+    assert torch.equal(got, want)
+    assert torch.equal(got[:, :, 0, -1], torch.full((4, 1), float(mask_probabilities(
+        torch.tensor(-1.0)))))  # the corner far from every box: H(fill)
+
+
 def _distance(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
     """Distance from each point to a closed polyline."""
     a, b = polygon[:-1], polygon[1:]

@@ -21,6 +21,7 @@ set: the same curve as the polygons.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,7 @@ def _paste_whole_image(src: Tensor, boxes: Tensor, H: int, W: int) -> Tensor:
 
 
 def paste_roi_maps(maps: Tensor, boxes: Tensor, image_shape: tuple[int, int], *,
-                   fill: float = 0.0) -> Tensor:
+                   fill: float = 0.0, then: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Paste ``(K, 1, M, M)`` RoI-grid maps into ``(K, 1, H, W)`` images.
 
     Args:
@@ -56,18 +57,26 @@ def paste_roi_maps(maps: Tensor, boxes: Tensor, image_shape: tuple[int, int], *,
             (pixel ``j`` spans ``[j, j + 1]``).
         image_shape: ``(H, W)``.
         fill: the value far outside each box (0 for probabilities, -1 for a TSDF).
+        then: an elementwise function applied to the pasted maps (e.g. a level set's mask
+            probabilities): the same values as ``then(paste_roi_maps(...))``, computed on the
+            pixels near each box only (the rest is ``then(fill)``, computed once).
 
     Returns:
-        ``(K, 1, H, W)`` of ``maps``' floating dtype (float32 for other dtypes).
+        ``(K, 1, H, W)`` of ``maps``' floating dtype (float32 for other dtypes), or of
+        ``then``'s.
     """
     H, W = int(image_shape[0]), int(image_shape[1])
     K, M = maps.shape[0], maps.shape[-1]
     dtype = maps.dtype if maps.is_floating_point() else torch.float32
     src = maps.to(dtype) - fill  # zero padding of (maps - fill) is padding with fill
     boxes = boxes.to(dtype)
+    if then is None:
+        def then(t: Tensor) -> Tensor:
+            return t
     if torch.jit.is_tracing() or K == 0:
-        return _paste_whole_image(src, boxes, H, W) + fill
-    out = maps.new_full((K, 1, H, W), fill, dtype=dtype)
+        return then(_paste_whole_image(src, boxes, H, W) + fill)
+    outside = then(torch.full((), fill, dtype=dtype, device=maps.device))
+    out = torch.full((K, 1, H, W), float(outside), dtype=outside.dtype, device=maps.device)
     for k, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
         # pixels whose centres lie within half a cell of the box: the rest stay `fill`
         hx, hy = 0.5 * (x1 - x0) / M, 0.5 * (y1 - y0) / M
@@ -80,7 +89,7 @@ def paste_roi_maps(maps: Tensor, boxes: Tensor, image_shape: tuple[int, int], *,
         gy = _normalised(torch.arange(r0, r1, dtype=dtype, device=maps.device) + 0.5,
                          boxes[k, 1], boxes[k, 3])
         grid = torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), -1)[None]
-        out[k, :, r0:r1, c0:c1] = F.grid_sample(src[k:k + 1], grid, mode="bilinear",
-                                                padding_mode="zeros",
-                                                align_corners=False)[0] + fill
+        out[k, :, r0:r1, c0:c1] = then(F.grid_sample(src[k:k + 1], grid, mode="bilinear",
+                                                     padding_mode="zeros",
+                                                     align_corners=False)[0] + fill)
     return out

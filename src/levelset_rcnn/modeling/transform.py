@@ -37,7 +37,8 @@ def paste_masks(result: dict[str, Tensor], boxes: Tensor, image_shape: tuple[int
     if mode != "exact":
         raise ValueError(f"mask_paste must be one of {MASK_PASTE_MODES}, got {mode!r}")
     if "tsdf" in result:
-        return mask_probabilities(paste_roi_maps(result["tsdf"], boxes, image_shape, fill=-1.0))
+        return paste_roi_maps(result["tsdf"], boxes, image_shape, fill=-1.0,
+                              then=mask_probabilities)
     return paste_roi_maps(result["masks"], boxes, image_shape, fill=0.0)
 
 
