@@ -231,14 +231,12 @@ def main() -> None:
           f"{'ratio of medians':>17}")
     for model, setting, t, r, rm in rows:
         print(f"{model:<16} {setting:<26} {1000 * t:>12.1f} {r:>7.3f} {rm:>17.3f}")
-    targets_ok = {
-        "inference_ratio_20": results["inference_ratio_20"] <= 1.10,
-        "inference_ratio_100": results["inference_ratio_100"] <= 1.10,
-    }
+    # The targets of the learned-features issue (the paper: 1.255x on a GPU at 100).
+    targets_ok = {"inference_ratio_100": results["inference_ratio_100"] <= 1.20}
     if "train_step_ratio" in results:
-        targets_ok["train_step_ratio"] = results["train_step_ratio"] <= 1.3
+        targets_ok["train_step_ratio"] = results["train_step_ratio"] <= 1.35
     results["targets_met"] = targets_ok
-    print("targets (inference <= 1.10x, train step <= 1.3x):", targets_ok)
+    print("targets (inference at 100 detections <= 1.20x, train step <= 1.35x):", targets_ok)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
