@@ -79,3 +79,26 @@ def test_demo_baseline_recipe_is_the_frozen_detector() -> None:
     assert base.train.freeze == ["backbone", "rpn", "box_head"]
     assert base.solver.max_iter == 300 and cfg.solver.max_iter == 1000  # cfg is not changed
     assert base.data == cfg.data and base.model.backbone == cfg.model.backbone
+
+
+def test_demo_recipe_starts_the_evolution_with_large_steps(tmp_path: Path) -> None:
+    """The demo's budget and its evolution start: dt = eps = 1 per step at initialisation (the
+    model default, 0.05 / 0.1, learns to switch the evolution off in a short budget)."""
+    import argparse
+
+    import torch
+
+    from levelset_rcnn.commands.demo import DEMO_ITERS, build_demo_config
+    from levelset_rcnn.engine.build import build_model
+    from levelset_rcnn.modeling.heads import HyperParameters
+
+    args = argparse.Namespace(output=tmp_path, quick=False, max_iter=None, train_images=None,
+                              val_images=None)
+    cfg = build_demo_config(args)
+    assert cfg.solver.max_iter == DEMO_ITERS and cfg.solver.steps == [round(800 * 0.45)]
+    branch = build_model(cfg.model, num_classes=4).roi_heads.mask_branch
+    x = torch.randn(3, 64, 14, 14)
+    hp = HyperParameters.from_raw(branch.hyper_head(x), branch.num_steps)
+    torch.testing.assert_close(hp.dt, torch.ones_like(hp.dt), atol=0.05, rtol=0)
+    torch.testing.assert_close(hp.eps, torch.ones_like(hp.eps), atol=0.05, rtol=0)
+    torch.testing.assert_close(hp.mu, torch.full_like(hp.mu, 0.2), atol=0.02, rtol=0)
