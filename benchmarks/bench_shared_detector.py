@@ -17,8 +17,10 @@ Protocol (``bench_quality.py --protocol shared-detector`` runs this):
 Rows: ``maskrcnn`` (28x28), ``maskrcnn_112``, ``tsdf`` (Mask R-CNN on a TSDF target),
 ``levelset_phi0`` / ``levelset_phiN`` (learned 112x112 features), ``levelset_image_phiN``
 (beyond the paper: the image inside each box as one more Chan-Vese feature channel,
-``model.cv_image_channels=1``), ``levelset_interp_phiN`` (the interpolated head), ``lsloss``,
-``delse_phiN``, ``delse_hp_phiN``. Mean and standard deviation over the seeds; JSON shaped
+``model.cv_image_channels=1``), ``levelset_steps_*`` and ``levelset_image_steps_*`` (the
+same two with the evolution started at ``dt = eps = 1``, :data:`STEPS`),
+``levelset_interp_phiN`` (the interpolated head), ``lsloss``, ``delse_phiN``,
+``delse_hp_phiN``. Mean and standard deviation over the seeds; JSON shaped
 ``{dataset: {protocol: {row: {metric: {"mean", "std"}}}}}``::
 
     python benchmarks/bench_shared_detector.py --json bench_results/shared_detector.json
@@ -28,7 +30,8 @@ Rows: ``maskrcnn`` (28x28), ``maskrcnn_112``, ``tsdf`` (Mask R-CNN on a TSDF tar
 Nothing finished is lost when a run is cut short: the JSON is rewritten after every run, each
 (row, seed) run leaves its scores (``bench_scores.json``) in its folder under ``--work``, and a
 rerun with the same budget reuses them (and the saved detector), scoring a finished training
-that has no scores yet instead of training it again.
+that has no scores yet instead of training it again. Datasets, and rows of the same budget,
+run separately merge into one ``--json`` (a row group can be added to a finished table).
 
 This is a benchmark, not a test.
 """
@@ -49,6 +52,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 METRICS = ("AP", "AP75", "AF1", "AF2", "boundary_AP")
+#: The evolution started with large steps (dt = eps = 1; the model default is 0.05 / 0.1).
+STEPS = "model.hyper_init={dt: 1.0, eps: 1.0}"
 #: row group -> (model.arch, overrides, {row: mask key of the evaluation}).
 ROWS: dict[str, tuple[str, tuple[str, ...], dict[str, str]]] = {
     "maskrcnn": ("mask_rcnn", (), {"maskrcnn": "masks"}),
@@ -56,6 +61,11 @@ ROWS: dict[str, tuple[str, tuple[str, ...], dict[str, str]]] = {
                                         "levelset_phiN": "masks"}),
     "levelset_image": ("levelset_rcnn", ("model.cv_image_channels=1",),
                        {"levelset_image_phi0": "masks_phi0", "levelset_image_phiN": "masks"}),
+    "levelset_steps": ("levelset_rcnn", (STEPS,), {"levelset_steps_phi0": "masks_phi0",
+                                                   "levelset_steps_phiN": "masks"}),
+    "levelset_image_steps": ("levelset_rcnn", ("model.cv_image_channels=1", STEPS),
+                             {"levelset_image_steps_phi0": "masks_phi0",
+                              "levelset_image_steps_phiN": "masks"}),
     "maskrcnn_112": ("mask_rcnn", ("model.mask_resolution=112",), {"maskrcnn_112": "masks"}),
     "tsdf": ("levelset_rcnn", ("model.mask_head_type=tsdf",), {"tsdf": "masks"}),
     "levelset_interp": ("levelset_rcnn", ("model.cv_features=interpolated",),
@@ -74,6 +84,10 @@ LABELS = {
     "levelset_phi0": "LevelSet phi_0", "levelset_phiN": "LevelSet phi_N",
     "levelset_image_phi0": "LevelSet + image features phi_0",
     "levelset_image_phiN": "LevelSet + image features phi_N",
+    "levelset_steps_phi0": "LevelSet, large initial steps, phi_0",
+    "levelset_steps_phiN": "LevelSet, large initial steps, phi_N",
+    "levelset_image_steps_phi0": "LevelSet + image features, large initial steps, phi_0",
+    "levelset_image_steps_phiN": "LevelSet + image features, large initial steps, phi_N",
     "levelset_interp_phi0": "LevelSet, interpolated features, phi_0",
     "levelset_interp_phiN": "LevelSet, interpolated features, phi_N",
     "lsloss": "LS loss", "delse_phi0": "DELSE phi_0", "delse_phiN": "DELSE phi_N",
@@ -243,20 +257,35 @@ def _write_report(args: argparse.Namespace, report: dict[str, Any], timing: dict
     args.json.write_text(json.dumps(out, indent=2))
 
 
-def _previous(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The other datasets' results and timing already in ``--json`` (kept: datasets can be run
-    one at a time into one file); this run's datasets start empty."""
+def _previous(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any],
+                                               dict[str, dict[str, Any]]]:
+    """What ``--json`` already holds and this run keeps: the other datasets' results and
+    timing, and, per dataset of this run measured with the same budget (``--iters``,
+    ``--detector-iters``, ``--seeds``), the rows of the groups this run leaves out (rows can
+    be added to a finished table one group at a time)."""
     if not args.json or not args.json.is_file():
-        return {}, {}
+        return {}, {}, {}
     try:
         old = json.loads(args.json.read_text())
     except (OSError, ValueError) as e:
         raise SystemExit(f"{args.json}: not a results file of this benchmark ({e}); pass "
                          "another --json or remove it") from e
+    old_timing = old.get("_meta", {}).get("timing", {})
     keep = {k: v for k, v in old.items() if k != "_meta" and k not in args.datasets}
-    timing = {k: v for k, v in old.get("_meta", {}).get("timing", {}).items()
-              if k in keep}
-    return keep, timing
+    timing = {k: v for k, v in old_timing.items() if k in keep}
+    produced = {row for group in args.rows for row in ROWS[group][2]}
+    rows: dict[str, dict[str, Any]] = {}
+    for dataset in args.datasets:
+        t = old_timing.get(dataset, {})
+        same = (t.get("iters"), t.get("detector_iters"), t.get("seeds")) == (
+            args.iters, args.detector_iters, args.seeds)
+        if not same or dataset not in old:
+            continue
+        rows[dataset] = {
+            "results": {proto: {r: v for r, v in cells.items() if r not in produced}
+                        for proto, cells in old[dataset].items()},
+            "timing": {g: v for g, v in t.get("rows", {}).items() if g not in args.rows}}
+    return keep, timing, rows
 
 
 def print_tables(report: dict[str, Any], baseline: str = "maskrcnn") -> None:
@@ -324,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         print_tables(json.loads(args.json.read_text()))
         return 0
 
-    report, timing = _previous(args)
+    report, timing, kept = _previous(args)
     for dataset in args.datasets:
         work = args.work / dataset
         recipe, common = _recipe(dataset, args, args.work)
@@ -336,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
                 "model.arch=mask_rcnn", "train.seed=0", f"train.output_dir={det_dir}"],
                 args.quiet)
             _strip_mask_part(det_dir / "model_final.pth", detector)
-        timing[dataset] = {"detector_s": round(time.perf_counter() - t0, 1), "rows": {},
+        old = kept.get(dataset, {"results": {}, "timing": {}})
+        timing[dataset] = {"detector_s": round(time.perf_counter() - t0, 1),
+                           "rows": dict(old["timing"]),
                            "seeds": args.seeds, "iters": args.iters,
                            "detector_iters": args.detector_iters}
         raw: dict[str, dict[str, dict[str, list[float]]]] = {"detections": {}, "gt_boxes": {}}
@@ -378,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
                         for m in METRICS:
                             cell[m].append(float(segm.get(m, math.nan)))
                         cell["box_AP"].append(float(res.get("bbox", {}).get("AP", math.nan)))
-                report[dataset] = _summary(raw)
+                report[dataset] = {proto: {**old["results"].get(proto, {}), **cells}
+                                   for proto, cells in _summary(raw).items()}
                 _write_report(args, report, timing, complete=False)
         print_tables({dataset: report[dataset]})
     _write_report(args, report, timing, complete=True)
